@@ -1,0 +1,71 @@
+"""Load a model directory (metadata.json + Parquet components + tokenizer.json) into a UnifiedModel.
+
+The metadata configures everything (R15.7): the architecture, the heads, the schedule, the context.
+Loading is strict: a missing, unexpected or mis-shaped tensor raises WeightFormatError naming it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from arrowdiff.config import ModelConfig
+from arrowdiff.errors import WeightFormatError
+from arrowdiff.network.model import UnifiedModel
+from arrowdiff.tokenizer import TextTokenizer
+from arrowdiff.weights import load_into, load_model_dir
+
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+DEFAULT_MODEL = "default"
+
+
+@dataclass
+class LoadedModel:
+    model: UnifiedModel
+    tokenizer: TextTokenizer
+    metadata: dict[str, Any]
+    path: Path
+
+    @property
+    def context_length(self) -> int:
+        return int(self.metadata.get("context_length") or 256)
+
+
+def resolve_model_path(path: str | os.PathLike[str] | None) -> Path:
+    """None -> $ARROWDIFF_MODEL or the shipped default; a bare name -> a shipped model of that name."""
+    if path is None:
+        path = os.environ.get("ARROWDIFF_MODEL") or PRETRAINED_DIR / DEFAULT_MODEL
+    p = Path(path)
+    if not p.exists() and (PRETRAINED_DIR / str(path)).exists():
+        p = PRETRAINED_DIR / str(path)
+    if not p.is_dir():
+        shipped = sorted(d.name for d in PRETRAINED_DIR.iterdir() if d.is_dir()) if PRETRAINED_DIR.exists() else []
+        raise WeightFormatError(f"model directory {str(path)!r} not found; shipped models: {shipped or 'none'}")
+    return p
+
+
+def load_model(path: str | os.PathLike[str] | None = None, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Build the model its metadata.json describes and fill it from the Parquet components."""
+    p = resolve_model_path(path)
+    stored = load_model_dir(p)
+    meta = stored.metadata
+    if "model_config" not in meta:
+        raise WeightFormatError(f"{p / 'metadata.json'} has no 'model_config': not an arrowdiff model directory")
+    cfg = ModelConfig.from_dict(meta["model_config"])
+    model = UnifiedModel(cfg)
+    expected = {"backbone": model.backbone, **{f"heads/{m}": h for m, h in model.heads.items()}}
+    missing = sorted(set(expected) - set(stored.components))
+    if missing:
+        raise WeightFormatError(f"{p}: components {missing} are missing from metadata.json 'components'")
+    for name, module in expected.items():
+        load_into(module, stored.components[name], name, p / meta["components"][name], dtype=dtype)
+    tok = TextTokenizer.from_file(p / meta.get("tokenizer", "tokenizer.json"))
+    if tok.vocab_size != cfg.text.vocab_size:
+        raise WeightFormatError(
+            f"{p}: tokenizer has {tok.vocab_size} tokens but the model's vocab_size is {cfg.text.vocab_size}"
+        )
+    return LoadedModel(model.to(dtype).eval(), tok, meta, p)

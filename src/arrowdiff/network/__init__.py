@@ -1,0 +1,1 @@
+"""The score network: shared backbone, per-modality heads, and the denoiser interface."""

@@ -1,0 +1,91 @@
+"""Write a trained run as a model directory (weights/FORMAT.md): metadata.json + Parquet components."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from arrowdiff.config import ModelConfig
+from arrowdiff.network.model import UnifiedModel, backbone_share
+from arrowdiff.weights import QuantPolicy, save_model_dir
+
+
+def model_metadata(cfg: ModelConfig, model: UnifiedModel, training: dict[str, Any]) -> dict[str, Any]:
+    """metadata.json content required by R15 (the weight writer adds format and quantization keys)."""
+    b = cfg.backbone
+    split = model.parameter_split()
+    return {
+        "model_type": "unified_diffusion" if cfg.objective == "mdlm" else "autoregressive_baseline",
+        "diffusion_config": {
+            "hidden_dim": b.dim,
+            "num_layers": b.num_layers,
+            "num_heads": b.num_heads,
+            "intermediate_dim": b.mlp_dim,
+            "cond_dim": b.cond_dim,
+            "vocab_size": cfg.text.vocab_size,
+        },
+        "scheduler": {
+            "type": "masked_absorbing" if cfg.objective == "mdlm" else "none",
+            "discrete_schedule": cfg.schedule.discrete,
+            "continuous_schedule": cfg.schedule.continuous,
+            "num_train_steps": cfg.schedule.num_train_steps,
+            "num_inference_steps": cfg.schedule.num_inference_steps,
+        },
+        "supported_modalities": list(cfg.modalities),
+        "context_length": training.get("seq_len"),
+        "consistency_distilled": False,
+        "model_config": cfg.to_dict(),
+        "parameters": {**split, "total": sum(split.values()), "backbone_share": round(backbone_share(split), 4)},
+        "tokenizer": "tokenizer.json",
+        "training": training,
+    }
+
+
+def export_model(model: UnifiedModel, tokenizer_path: Path, out_dir: Path, training: dict[str, Any],
+                 policy: QuantPolicy) -> Path:
+    """Save weights (through ArrowQuant with ``policy``), metadata.json and the tokenizer to ``out_dir``."""
+    model = model.float().cpu()
+    out_dir = Path(out_dir)
+    save_model_dir(out_dir, model.component_state_dicts(), model_metadata(model.cfg, model, training), policy)
+    shutil.copyfile(tokenizer_path, out_dir / "tokenizer.json")
+    return out_dir
+
+
+def export_run(out: Path, model: UnifiedModel, cfg: ModelConfig, tokenizer_path: Path, manifest: dict[str, Any],
+               args: argparse.Namespace, tokens_seen: int, wall_s: float) -> Path:
+    """Export the end of a training run to ``<out>/model`` with its full recipe in metadata.json."""
+    from arrowdiff.training.train import command_line  # local: train imports this module lazily too
+
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
+    last_eval = next((r for r in reversed(log) if any(k.startswith("val_") for k in r)), {})
+    training = {
+        "command": command_line(args),
+        "objective": cfg.objective,
+        "preset": args.preset,
+        "seed": args.seed,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "tokens_seen": tokens_seen,
+        "lr": args.lr,
+        "schedule": args.schedule,
+        "code_frac": args.code_frac,
+        "device": args.device,
+        "bf16": args.bf16,
+        "wall_time_s": round(wall_s, 1),
+        "final_eval": {k: v for k, v in last_eval.items() if k.startswith("val_")},
+        "data": {
+            "recipe": "python -m arrowdiff.training.corpus (see `make data`)",
+            "manifest_sha256": hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest(),
+            "tokenizer_sha256": manifest.get("tokenizer_sha256"),
+            "sources": manifest.get("sources"),
+            "train_tokens": {k: v.get("tokens") for k, v in manifest.get("shards", {}).items()
+                             if isinstance(v, dict)},
+        },
+    }
+    policy = QuantPolicy(bits=args.export_bits)
+    return export_model(model, tokenizer_path, out / "model", training, policy)

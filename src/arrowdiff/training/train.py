@@ -1,0 +1,216 @@
+"""``arrowdiff train``: one training loop for masked diffusion (mdlm) and the causal baseline (ar).
+
+The same command runs on a 2-core CPU and on a GPU (``--device cuda``), and under ``torchrun`` for
+DDP (gloo on CPU, nccl on GPU). Batches are pure functions of (seed, step, rank), so ``--resume``
+continues exactly where a checkpoint left off. The learning rate follows warmup-stable-decay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from arrowdiff.config import ModelConfig, get_preset
+from arrowdiff.errors import ConfigError
+from arrowdiff.network.model import UnifiedModel
+from arrowdiff.schedules import get_mask_schedule
+from arrowdiff.training.batches import ShardSampler, fixed_windows, step_generator
+from arrowdiff.training.checkpoint import load_checkpoint, save_checkpoint
+from arrowdiff.training.losses import ar_loss, mdlm_loss
+from arrowdiff.training.shards import load_manifest, open_shard
+
+
+def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = p or argparse.ArgumentParser(prog="arrowdiff train", description=__doc__)
+    p.add_argument("--preset", default="small", help="model size: tiny | small | base | workstation")
+    p.add_argument("--objective", default="mdlm", choices=["mdlm", "ar"])
+    p.add_argument("--schedule", default="loglinear", help="masking schedule: loglinear | cosine | linear")
+    p.add_argument("--data", default="data/shards", help="token shards from `make data`")
+    p.add_argument("--tokenizer", default=None, help="tokenizer.json (default: <data>/../tokenizer.json)")
+    p.add_argument("--out", required=True, help="run directory: checkpoint/, log.jsonl, model/")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=32, help="sequences per step (global, across ranks)")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--decay-frac", type=float, default=0.2, help="final fraction of steps with linear LR decay")
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--code-frac", type=float, default=0.4, help="share of code sequences in a batch")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ckpt-every", type=int, default=500)
+    p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--eval-windows", type=int, default=64)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU, or CPUs with bf16 support)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
+    p.add_argument("--stop-at", type=int, default=0,
+                   help="checkpoint and stop at this step (the LR schedule still spans --steps); resume later")
+    p.add_argument("--no-export", action="store_true", help="skip writing <out>/model at the end")
+    p.add_argument("--export-bits", type=int, default=16, help="bit width of the exported model")
+    return p
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces this run (recorded in metadata.json)."""
+    return shlex.join(["arrowdiff", "train", *args.argv])
+
+
+def lr_at(step: int, args: argparse.Namespace) -> float:
+    """Warmup-stable-decay (Hu et al. 2024, MiniCPM): linear warmup, constant, linear decay to 10%."""
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    decay_start = int(args.steps * (1 - args.decay_frac))
+    if step < decay_start:
+        return args.lr
+    frac = (step - decay_start) / max(1, args.steps - decay_start)
+    return args.lr * (1 - 0.9 * frac)
+
+
+def make_model_config(args: argparse.Namespace, vocab_size: int) -> ModelConfig:
+    cfg = get_preset(args.preset, vocab_size)
+    return replace(cfg, objective=args.objective, schedule=replace(cfg.schedule, discrete=args.schedule))
+
+
+@torch.no_grad()
+def evaluate(model: UnifiedModel, windows: dict[str, torch.Tensor], args: argparse.Namespace) -> dict[str, float]:
+    """Validation loss per modality: NELBO (mdlm, fixed t grid) or next-token CE (ar), nats/token."""
+    model.eval()
+    schedule = get_mask_schedule(model.cfg.schedule.discrete)
+    out = {}
+    for name, x in windows.items():
+        total, n = 0.0, 0
+        for i in range(0, len(x), 16):
+            xb = x[i : i + 16].to(args.device)
+            with torch.autocast(xb.device.type, dtype=torch.bfloat16, enabled=args.bf16):
+                if model.cfg.objective == "ar":
+                    loss, _ = ar_loss(model, xb, name)
+                else:
+                    loss, _ = mdlm_loss(model, xb, name, schedule, model.cfg.schedule.eps,
+                                        generator=step_generator(args.seed, i, stream=7))
+            total, n = total + loss.item() * len(xb), n + len(xb)
+        out[f"val_{name}"] = total / max(n, 1)
+    model.train()
+    return out
+
+
+def train(args: argparse.Namespace) -> Path:
+    """Run (or resume) training; returns the run directory."""
+    ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if ddp:
+        dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
+        if args.device.startswith("cuda"):
+            args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    if args.batch_size % world:
+        raise ConfigError(f"--batch-size {args.batch_size} must be divisible by the {world} ranks")
+    out = Path(args.out)
+    data = Path(args.data)
+    manifest = load_manifest(data)
+    tok_path = Path(args.tokenizer) if args.tokenizer else data.parent / "tokenizer.json"
+    cfg = make_model_config(args, int(manifest["vocab_size"]))
+    torch.manual_seed(args.seed)  # identical initial weights on every rank
+    model = UnifiedModel(cfg).to(args.device)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr, betas=(0.9, 0.98), eps=1e-8,
+    )
+    start_step, tokens_seen, elapsed = 0, 0, 0.0
+    if args.resume and (out / "checkpoint" / "state.json").exists():
+        state = load_checkpoint(out / "checkpoint", model, opt)
+        start_step, tokens_seen, elapsed = state["step"], state["tokens_seen"], state["elapsed_s"]
+    fwd_model: Any = model
+    if args.compile:
+        fwd_model = torch.compile(model)
+    if ddp:
+        fwd_model = torch.nn.parallel.DistributedDataParallel(fwd_model, find_unused_parameters=True)
+    sampler = ShardSampler(open_shard(data, "train", "text"), open_shard(data, "train", "code"),
+                           args.seq_len + (1 if args.objective == "ar" else 0), args.code_frac)
+    val = {m: fixed_windows(open_shard(data, "val", m), args.seq_len + (args.objective == "ar"),
+                            args.eval_windows) for m in ("text", "code")}
+    schedule = get_mask_schedule(args.schedule)
+    local_bs = args.batch_size // world
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    log = (out / "log.jsonl").open("a") if rank == 0 else None
+    if rank == 0:
+        (out / "command.txt").write_text(command_line(args) + "\n")
+    bar = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps, disable=rank != 0,
+               desc=f"train {args.objective}/{args.preset}", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args)
+        gen = step_generator(args.seed, step, rank)
+        x0, names = sampler.batch(local_bs, gen)
+        x0 = x0.to(args.device)
+        with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            if args.objective == "ar":
+                loss, stats = ar_loss(fwd_model, x0, names)
+            else:
+                loss, stats = mdlm_loss(fwd_model, x0, names, schedule, cfg.schedule.eps, generator=gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        tokens_seen += args.batch_size * args.seq_len
+        if rank == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr_at(step, args):.1e}")
+            rec = {"step": step + 1, "loss": loss.item(), "grad_norm": float(gnorm), **stats,
+                   "elapsed_s": round(elapsed + time.perf_counter() - t0, 3)}
+            if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
+                rec.update(evaluate(model, val, args))
+                tqdm.write(json.dumps(rec))
+            log.write(json.dumps(rec) + "\n")
+            stopping = args.stop_at and step + 1 >= args.stop_at
+            if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps or stopping:
+                log.flush()
+                state = {"step": step + 1, "tokens_seen": tokens_seen, "config": cfg.to_dict(),
+                         "elapsed_s": elapsed + time.perf_counter() - t0, "args": vars(args)}
+                save_checkpoint(out / "checkpoint", model, opt, state)
+        if args.stop_at and step + 1 >= args.stop_at:
+            break
+    finished = step + 1 >= args.steps
+    if rank == 0:
+        log.close()
+        if finished and not args.no_export:
+            from arrowdiff.training.export import export_run
+
+            export_run(out, model, cfg, tok_path, manifest, args, tokens_seen,
+                       elapsed + time.perf_counter() - t0)
+    if ddp:
+        dist.destroy_process_group()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    args.argv = list(argv)
+    if args.steps < 1 or math.isnan(args.lr):
+        raise ConfigError(f"--steps {args.steps} must be >= 1")
+    train(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
