@@ -49,8 +49,8 @@ def stream_autoregressive(
         ctx = torch.tensor([ids[-context_length:]], dtype=torch.long)
         with torch.inference_mode():
             logits = model(ctx, torch.zeros(1), modality)[0, -1].float()
-        if banned_ids:
-            logits[list(banned_ids)] = float("-inf")
+        if banned_ids:  # out of place: logits is an inference tensor, read-only outside inference_mode
+            logits = logits.index_fill(0, torch.tensor(banned_ids), float("-inf"))
         if temperature == 0:
             nxt = int(logits.argmax())
         else:

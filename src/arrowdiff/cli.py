@@ -6,7 +6,6 @@ Every user error prints one line (``arrowdiff: error: ...``) and exits with stat
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -16,8 +15,14 @@ from arrowdiff.errors import ArrowDiffError
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
     p.add_argument("--length", type=int, default=64, help="tokens to generate")
-    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--sampler", default="confidence", help="confidence | ancestral")
+    p.add_argument(
+        "--confidence-noise",
+        type=float,
+        default=3.0,
+        help="Gumbel noise on the confidence ranking (0 = greedy order; confidence sampler)",
+    )
     p.add_argument("--block-size", type=int, default=0, help="semi-autoregressive block size (0 = off)")
     p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance on the prompt")
     p.add_argument("--seed", type=int, default=None)
@@ -29,9 +34,18 @@ def cmd_diffuse(args: argparse.Namespace) -> int:
 
     engine = ArrowEngine.from_pretrained(args.model)
     text = engine.diffuse(
-        args.prompt, modality=args.modality, num_steps=args.steps, guidance_scale=args.guidance_scale,
-        seed=args.seed, length=args.length, suffix=args.suffix, temperature=args.temperature,
-        sampler=args.sampler, block_size=args.block_size, progress=sys.stderr.isatty(),
+        args.prompt,
+        modality=args.modality,
+        num_steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        seed=args.seed,
+        length=args.length,
+        suffix=args.suffix,
+        temperature=args.temperature,
+        sampler=args.sampler,
+        block_size=args.block_size,
+        confidence_noise=args.confidence_noise,
+        progress=sys.stderr.isatty(),
     )
     result = args.prompt + text + (args.suffix or "")
     if args.out:
@@ -47,14 +61,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.mode == "ar":
         engine = ArrowEngine.from_pretrained(args.model or "ar-baseline")
         print(args.prompt, end="", flush=True)
-        for piece in engine.stream(args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
-                                   args.seed):
+        for piece in engine.stream(
+            args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed
+        ):
             print(piece, end="", flush=True)
         print()
         return 0
     engine = ArrowEngine.from_pretrained(args.model)
-    print(args.prompt + engine.generate(args.prompt, args.max_new_tokens, mode="diffusion",
-                                        temperature=args.temperature, seed=args.seed))
+    print(
+        args.prompt
+        + engine.generate(
+            args.prompt, args.max_new_tokens, mode="diffusion", temperature=args.temperature, seed=args.seed
+        )
+    )
     return 0
 
 
@@ -72,8 +91,9 @@ def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="arrowdiff", description="One diffusion score network for text, code, "
-                                "images and speech.")
+    p = argparse.ArgumentParser(
+        prog="arrowdiff", description="One diffusion score network for text, code, images and speech."
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("diffuse", help="generate with the diffusion model (text, code; infilling)")
@@ -88,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", required=True)
     g.add_argument("--mode", default="ar", choices=["ar", "diffusion"])
     g.add_argument("--max-new-tokens", type=int, default=64)
-    g.add_argument("--temperature", type=float, default=0.8)
+    g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--top-k", type=int, default=0)
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=None)

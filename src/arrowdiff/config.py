@@ -125,8 +125,10 @@ class ModelConfig:
             known = {f.name for f in fields(kind)}
             unknown = set(sub) - known
             if unknown:
-                raise ConfigError(f"unknown {kind.__name__} keys {sorted(unknown)}: the file is newer "
-                                  "than this arrowdiff; upgrade the package")
+                raise ConfigError(
+                    f"unknown {kind.__name__} keys {sorted(unknown)}: the file is newer "
+                    "than this arrowdiff; upgrade the package"
+                )
             return kind(**sub)
 
         return cls(
@@ -165,8 +167,9 @@ def preset_base(vocab_size: int = 4096) -> ModelConfig:
 def preset_workstation(vocab_size: int = 4096) -> ModelConfig:
     """~350M parameters: the R1.7/R7.3 latency size (random init for latency unless trained)."""
     return ModelConfig(
-        backbone=BackboneConfig(dim=1024, num_layers=20, num_heads=16, mlp_dim=2816, cond_dim=384,
-                                time_dim=256),
+        backbone=BackboneConfig(
+            dim=1024, num_layers=20, num_heads=16, mlp_dim=2816, cond_dim=384, time_dim=256
+        ),
         text=TextHeadConfig(vocab_size=vocab_size),
     )
 

@@ -45,8 +45,10 @@ class SamplingOptions:
 
     num_steps: int = 64
     sampler: str = "confidence"  # confidence | ancestral
-    temperature: float = 0.8  # token sampling temperature (0 = argmax)
-    confidence_noise: float = 1.0  # Gumbel noise on confidence ranking (confidence sampler only)
+    temperature: float = 1.0  # token sampling temperature (0 = argmax)
+    # Gumbel noise scale on the confidence ranking (confidence sampler only). Measured on the shipped
+    # model (32 steps, 4 x 64 tokens): noise 1 -> distinct bigrams 0.48-0.54 (repetition), 3 -> 0.78.
+    confidence_noise: float = 3.0
     spacing: str = "uniform"  # inference timestep spacing (R11.5)
     guidance_scale: float = 1.0  # classifier-free guidance on the prompt: 1 = off, 0 = unconditioned
     block_size: int = 0  # > 0: semi-autoregressive blocks of this many tokens
@@ -62,6 +64,8 @@ class SamplingOptions:
             raise ConfigError(f"temperature={self.temperature} must be in [0, 5]")
         if self.confidence_noise < 0:
             raise ConfigError(f"confidence_noise={self.confidence_noise} must be >= 0")
+        if not 0.0 <= self.guidance_scale <= 20.0:  # checked here too: CFG only runs when there is a prompt
+            raise ConfigError(f"guidance_scale={self.guidance_scale} must be in [0, 20] (1.0 = no guidance)")
         if self.block_size < 0:
             raise ConfigError(f"block_size={self.block_size} must be >= 0 (0 = whole sequence at once)")
 
@@ -92,7 +96,8 @@ class DiffusionCore:
             raise ConfigError(f"length={length!r} must be an integer >= 1")
         if total > self.context_length:
             raise ConfigError(
-                f"prompt ({len(prefix)} tokens) + length ({length}) + suffix ({len(suffix)}) = {total} tokens "
+                f"prompt ({len(prefix)} tokens) + length ({length}) + suffix ({len(suffix)}) = {total} "
+                "tokens "
                 f"exceeds this model's context of {self.context_length} tokens; shorten the prompt or length"
             )
         mask_id = self.model.cfg.text.mask_id
@@ -102,18 +107,27 @@ class DiffusionCore:
         if prefix and opts.guidance_scale != 1.0:
             fixed = torch.zeros_like(x, dtype=torch.bool)
             fixed[:, : len(prefix)] = True
-            denoiser = classifier_free(denoiser, prompt_dropped(denoiser, fixed, mask_id), opts.guidance_scale)
+            denoiser = classifier_free(
+                denoiser, prompt_dropped(denoiser, fixed, mask_id), opts.guidance_scale
+            )
         banned = [self.tokenizer.pad_id] + ([self.tokenizer.eot_id] if suffix else [])
         denoiser = forbid_tokens(denoiser, banned)
         generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**63)
         times = timesteps(opts.num_steps, opts.spacing)
         sampler = SAMPLERS[opts.sampler]
-        kwargs: dict[str, object] = {"schedule": self.schedule, "temperature": opts.temperature,
-                                     "generator": generator}
+        kwargs: dict[str, object] = {
+            "schedule": self.schedule,
+            "temperature": opts.temperature,
+            "generator": generator,
+        }
         if opts.sampler == "confidence":
             kwargs["confidence_noise"] = opts.confidence_noise
-        bar = tqdm(total=opts.num_steps * _num_blocks(length, opts.block_size), disable=not progress,
-                   desc=f"diffuse {modality}", leave=False)
+        bar = tqdm(
+            total=opts.num_steps * _num_blocks(length, opts.block_size),
+            disable=not progress,
+            desc=f"diffuse {modality}",
+            leave=False,
+        )
         kwargs["callback"] = _tick(bar)
         with torch.inference_mode():
             if opts.block_size:
@@ -123,8 +137,16 @@ class DiffusionCore:
         bar.close()
         return out
 
-    def generate(self, prompt: str, modality: str, length: int, opts: SamplingOptions,
-                 seed: int | None = None, suffix: str | None = None, progress: bool = False) -> str:
+    def generate(
+        self,
+        prompt: str,
+        modality: str,
+        length: int,
+        opts: SamplingOptions,
+        seed: int | None = None,
+        suffix: str | None = None,
+        progress: bool = False,
+    ) -> str:
         """The generated middle as text: after ``prompt`` (and before ``suffix`` when infilling).
 
         Without a suffix the text ends at the first end-of-text token the model places."""

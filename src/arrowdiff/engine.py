@@ -49,12 +49,19 @@ class ArrowEngine:
             raise ConfigError("ArrowEngine needs at least one model; use ArrowEngine.from_pretrained()")
         self.diffusion = diffusion
         self.ar = ar
-        self._core = DiffusionCore(diffusion.model, diffusion.tokenizer, diffusion.context_length) \
-            if diffusion is not None else None
+        self._core = (
+            DiffusionCore(diffusion.model, diffusion.tokenizer, diffusion.context_length)
+            if diffusion is not None
+            else None
+        )
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike[str] | None = None,
-                        ar_path: str | os.PathLike[str] | None = None, threads: int | None = None) -> ArrowEngine:
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        ar_path: str | os.PathLike[str] | None = None,
+        threads: int | None = None,
+    ) -> ArrowEngine:
         """Load a model directory (default: the shipped model). ``model_type`` in its metadata.json
         decides whether it serves diffusion or AR; ``ar_path`` adds an AR model beside it."""
         if threads:
@@ -83,8 +90,9 @@ class ArrowEngine:
         seed: int | None = None,
         length: int = 64,
         suffix: str | None = None,
-        temperature: float = 0.8,
+        temperature: float = 1.0,
         sampler: str = "confidence",
+        confidence_noise: float = 3.0,
         block_size: int = 0,
         spacing: str = "uniform",
         progress: bool = False,
@@ -103,17 +111,32 @@ class ArrowEngine:
                 f"({self.diffusion.path.name}: {', '.join(self.modalities)})"
             )
         if memory_guided:
-            raise ConfigError("memory_guided=True needs an ArrowStorage memory store, which this engine has none of")
+            raise ConfigError(
+                "memory_guided=True needs an ArrowStorage memory store, which this engine has none of"
+            )
         common = CommonParams(length, temperature, seed)
         opts = SamplingOptions(
-            num_steps=num_steps if num_steps is not None else self.diffusion.model.cfg.schedule.num_inference_steps,
-            sampler=sampler, temperature=temperature, guidance_scale=guidance_scale, block_size=block_size,
+            num_steps=num_steps
+            if num_steps is not None
+            else self.diffusion.model.cfg.schedule.num_inference_steps,
+            sampler=sampler,
+            temperature=temperature,
+            guidance_scale=guidance_scale,
+            block_size=block_size,
+            confidence_noise=confidence_noise,
             spacing=spacing,
         )
         return self._core.generate(prompt, modality, common.max_length, opts, common.seed, suffix, progress)
 
-    def stream(self, prompt: str, max_new_tokens: int = 64, temperature: float = 0.8, top_k: int = 0,
-               top_p: float = 1.0, seed: int | None = None) -> Iterator[str]:
+    def stream(
+        self,
+        prompt: str,
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> Iterator[str]:
         """AR generation as an iterator of text pieces (R12.1)."""
         if self.ar is None:
             raise ConfigError("mode='ar' needs an autoregressive model: pass ar_path= to from_pretrained()")
@@ -122,22 +145,41 @@ class ArrowEngine:
         gen = torch.Generator().manual_seed(common.seed if common.seed is not None else torch.seed() % 2**63)
         ids: list[int] = []
         text_so_far = ""
-        for nxt in stream_autoregressive(self.ar.model, tok.encode(prompt), common.max_length, "text",
-                                         temperature, top_k, top_p, self.ar.context_length, gen,
-                                         banned_ids=(tok.pad_id, tok.mask_id)):
+        for nxt in stream_autoregressive(
+            self.ar.model,
+            tok.encode(prompt),
+            common.max_length,
+            "text",
+            temperature,
+            top_k,
+            top_p,
+            self.ar.context_length,
+            gen,
+            banned_ids=(tok.pad_id, tok.mask_id),
+        ):
             if nxt == tok.eot_id:
                 break
             ids.append(nxt)
             text = tok.decode(ids)
-            yield text[len(text_so_far):]
+            yield text[len(text_so_far) :]
             text_so_far = text
 
-    def generate(self, prompt: str, max_new_tokens: int = 64, mode: str = "ar", temperature: float = 0.8,
-                 top_k: int = 0, top_p: float = 1.0, seed: int | None = None, **diffusion_kwargs: object) -> str:
+    def generate(
+        self,
+        prompt: str,
+        max_new_tokens: int = 64,
+        mode: str = "ar",
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        **diffusion_kwargs: object,
+    ) -> str:
         """Text continuation: ``mode="ar"`` uses InferenceCore, ``mode="diffusion"`` DiffusionCore (R12.2)."""
         if mode == "diffusion":
-            return self.diffuse(prompt, "text", length=max_new_tokens, temperature=temperature, seed=seed,
-                                **diffusion_kwargs)  # type: ignore[arg-type]
+            return self.diffuse(
+                prompt, "text", length=max_new_tokens, temperature=temperature, seed=seed, **diffusion_kwargs
+            )  # type: ignore[arg-type]
         if mode != "ar":
             raise ConfigError(f"mode={mode!r}: expected 'ar' or 'diffusion'")
         return "".join(self.stream(prompt, max_new_tokens, temperature, top_k, top_p, seed))

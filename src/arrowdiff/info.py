@@ -23,8 +23,13 @@ def model_summary(path: str | os.PathLike[str] | None) -> dict[str, Any]:
         bits = Counter()
         for st in tensors.values():
             bits[st.bits] += _numel(st.shape)
-        comps[name] = {"file": str(f.relative_to(p)), "tensors": len(tensors), "parameters": params,
-                       "bytes": f.stat().st_size, "bits": {str(b): n for b, n in sorted(bits.items())}}
+        comps[name] = {
+            "file": str(f.relative_to(p)),
+            "tensors": len(tensors),
+            "parameters": params,
+            "bytes": f.stat().st_size,
+            "bits": {str(b): n for b, n in sorted(bits.items())},
+        }
     total = sum(c["parameters"] for c in comps.values())
     share = comps.get("backbone", {}).get("parameters", 0) / max(total, 1)
     meta = stored.metadata
@@ -32,7 +37,9 @@ def model_summary(path: str | os.PathLike[str] | None) -> dict[str, Any]:
         "path": str(p),
         "model_type": meta.get("model_type"),
         "supported_modalities": meta.get("supported_modalities"),
-        "quantization": {k: meta.get("quantization", {}).get(k) for k in ("method", "bit_width", "group_size")},
+        "quantization": {
+            k: meta.get("quantization", {}).get(k) for k in ("method", "bit_width", "group_size")
+        },
         "components": comps,
         "total_parameters": total,
         "total_bytes": sum(c["bytes"] for c in comps.values()),
@@ -46,23 +53,31 @@ def describe_model(path: str | os.PathLike[str] | None, as_json: bool = False) -
     s = model_summary(path)
     if as_json:
         return json.dumps(s, indent=2)
-    lines = [f"model       {s['path']}", f"type        {s['model_type']}  modalities: "
-             f"{', '.join(s['supported_modalities'] or [])}",
-             f"quantized   {s['quantization']['method']}, {s['quantization']['bit_width']}-bit, group "
-             f"{s['quantization']['group_size']}", "",
-             f"{'component':<14}{'parameters':>14}{'share':>8}{'MB on disk':>12}  bits (parameters)"]
+    lines = [
+        f"model       {s['path']}",
+        f"type        {s['model_type']}  modalities: {', '.join(s['supported_modalities'] or [])}",
+        f"quantized   {s['quantization']['method']}, {s['quantization']['bit_width']}-bit, group "
+        f"{s['quantization']['group_size']}",
+        "",
+        f"{'component':<14}{'parameters':>14}{'share':>8}{'MB on disk':>12}  bits (parameters)",
+    ]
     for name, c in s["components"].items():
         bits = ", ".join(f"{b}: {n:,}" for b, n in c["bits"].items())
-        lines.append(f"{name:<14}{c['parameters']:>14,}{c['parameters'] / s['total_parameters']:>8.1%}"
-                     f"{c['bytes'] / 1e6:>12.2f}  {bits}")
+        lines.append(
+            f"{name:<14}{c['parameters']:>14,}{c['parameters'] / s['total_parameters']:>8.1%}"
+            f"{c['bytes'] / 1e6:>12.2f}  {bits}"
+        )
     lines.append(f"{'total':<14}{s['total_parameters']:>14,}{'':>8}{s['total_bytes'] / 1e6:>12.2f}")
     ok = "meets" if s["backbone_share_ok"] else "BELOW"
-    lines.append(f"\nbackbone share {s['backbone_share']:.1%} ({ok} the R4.2 target of "
-                 f"{BACKBONE_SHARE_TARGET:.0%})")
+    lines.append(
+        f"\nbackbone share {s['backbone_share']:.1%} ({ok} the R4.2 target of {BACKBONE_SHARE_TARGET:.0%})"
+    )
     t = s["training"]
     if t.get("command"):
-        lines.append(f"trained by   {t['command']}\n             {t['tokens_seen']:,} tokens, {t['steps']} steps, "
-                     f"seed {t['seed']}")
+        lines.append(
+            f"trained by   {t['command']}\n             {t['tokens_seen']:,} tokens, {t['steps']} steps, "
+            f"seed {t['seed']}"
+        )
     return "\n".join(lines)
 
 

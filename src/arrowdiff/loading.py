@@ -43,8 +43,12 @@ def resolve_model_path(path: str | os.PathLike[str] | None) -> Path:
     if not p.exists() and (PRETRAINED_DIR / str(path)).exists():
         p = PRETRAINED_DIR / str(path)
     if not p.is_dir():
-        shipped = sorted(d.name for d in PRETRAINED_DIR.iterdir() if d.is_dir()) if PRETRAINED_DIR.exists() else []
-        raise WeightFormatError(f"model directory {str(path)!r} not found; shipped models: {shipped or 'none'}")
+        shipped = (
+            sorted(d.name for d in PRETRAINED_DIR.iterdir() if d.is_dir()) if PRETRAINED_DIR.exists() else []
+        )
+        raise WeightFormatError(
+            f"model directory {str(path)!r} not found; shipped models: {shipped or 'none'}"
+        )
     return p
 
 
@@ -54,7 +58,9 @@ def load_model(path: str | os.PathLike[str] | None = None, dtype: torch.dtype = 
     stored = load_model_dir(p)
     meta = stored.metadata
     if "model_config" not in meta:
-        raise WeightFormatError(f"{p / 'metadata.json'} has no 'model_config': not an arrowdiff model directory")
+        raise WeightFormatError(
+            f"{p / 'metadata.json'} has no 'model_config': not an arrowdiff model directory"
+        )
     cfg = ModelConfig.from_dict(meta["model_config"])
     model = UnifiedModel(cfg)
     expected = {"backbone": model.backbone, **{f"heads/{m}": h for m, h in model.heads.items()}}

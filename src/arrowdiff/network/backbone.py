@@ -27,7 +27,8 @@ class SharedTransformer(nn.Module):
             nn.Linear(cfg.time_dim, cfg.time_dim), nn.SiLU(), nn.Linear(cfg.time_dim, cfg.time_dim)
         )
         self.blocks = nn.ModuleList(
-            Block(cfg.dim, cfg.num_heads, cfg.mlp_dim, cfg.cond_dim, cfg.time_dim) for _ in range(cfg.num_layers)
+            Block(cfg.dim, cfg.num_heads, cfg.mlp_dim, cfg.cond_dim, cfg.time_dim)
+            for _ in range(cfg.num_layers)
         )
         self.norm_out = nn.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Linear(cfg.time_dim, 2 * cfg.dim)

@@ -31,9 +31,8 @@ Denoiser = Callable[[Tensor, Tensor, Cond | None], Tensor]
 
 def subs_log_probs(logits: Tensor, x_t: Tensor, mask_id: int) -> Tensor:
     """SUBS: log-probabilities with p(mask)=0 everywhere and one-hot rows at unmasked positions."""
-    logits = logits.float()
-    logits[..., mask_id] = float("-inf")
-    logp = torch.log_softmax(logits, dim=-1)
+    logits = logits.float().index_fill(-1, torch.tensor([mask_id], device=logits.device), float("-inf"))
+    logp = torch.log_softmax(logits, dim=-1)  # out of place above: the caller's logits stay untouched
     unmasked = (x_t != mask_id)[..., None]
     copy = torch.full_like(logp, float("-inf")).scatter_(-1, x_t[..., None], 0.0)
     return torch.where(unmasked, copy, logp)

@@ -24,7 +24,9 @@ class UnifiedModel(nn.Module):
         self.heads = nn.ModuleDict()
         text = get_head_builder("text")(cfg.text, cfg.backbone.dim)
         for m in cfg.modalities:
-            self.heads[m] = text if m == "text" else get_head_builder(m)(cfg.text, cfg.backbone.dim, shared=text)
+            self.heads[m] = (
+                text if m == "text" else get_head_builder(m)(cfg.text, cfg.backbone.dim, shared=text)
+            )
 
     @property
     def causal(self) -> bool:

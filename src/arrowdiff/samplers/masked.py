@@ -110,7 +110,9 @@ def sample_confidence(
         keep_masked = torch.round(n0.double() * ms).long() if i < len(times) - 2 else torch.zeros_like(n0)
         k = (masked.sum(-1) - keep_masked).clamp_min(0)  # (B,) tokens to reveal in each row
         order = conf.argsort(dim=-1, descending=True)
-        rank = torch.empty_like(order).scatter_(-1, order, torch.arange(x.shape[1], device=x.device).expand_as(x))
+        rank = torch.empty_like(order).scatter_(
+            -1, order, torch.arange(x.shape[1], device=x.device).expand_as(x)
+        )
         reveal = masked & (rank < k[:, None])
         x = torch.where(reveal, cand, x)
         if callback is not None:
@@ -119,6 +121,9 @@ def sample_confidence(
 
 
 SAMPLERS = {"confidence": sample_confidence, "ancestral": sample_ancestral}
+
+
+_PLACEHOLDER = -1  # id that hides later blocks from the sampler in sample_blocks
 
 
 def sample_blocks(
@@ -143,11 +148,10 @@ def sample_blocks(
         later[:, masked_cols[start + block_size :]] = True
         # later blocks are hidden from the sampler behind a placeholder id (so it neither counts nor
         # reveals them) and shown to the denoiser as masks
-        placeholder = -1
-        active = torch.where(later & (x == mask_id), torch.full_like(x, placeholder), x)
+        active = torch.where(later & (x == mask_id), torch.full_like(x, _PLACEHOLDER), x)
 
         def wrapped(x_t: Tensor, t: Tensor, cond: Cond | None = None) -> Tensor:
-            return denoiser(torch.where(x_t == placeholder, mask_id, x_t), t, cond)
+            return denoiser(torch.where(x_t == _PLACEHOLDER, mask_id, x_t), t, cond)
 
         active = sampler(wrapped, active, times, mask_id=mask_id, **kwargs)
         x[:, cols] = active[:, cols]

@@ -49,7 +49,9 @@ def get_gaussian_schedule(name_or_fn: str | GaussianSchedule) -> GaussianSchedul
         t = torch.linspace(0, 1, 257, dtype=torch.float64)
         a, s = name_or_fn(t)
         if (s[1:] - s[:-1] < -1e-6).any() or (a[1:] - a[:-1] > 1e-6).any():
-            raise ConfigError("custom Gaussian schedule must have noise std increasing and signal decreasing in t")
+            raise ConfigError(
+                "custom Gaussian schedule must have noise std increasing and signal decreasing in t"
+            )
         if abs(a[0].item() - 1) > 1e-3 or s[0].item() > 1e-3:
             raise ConfigError(
                 f"custom Gaussian schedule must start clean: a(0)=1, s(0)=0; got {a[0].item():.4g}, "
@@ -58,7 +60,8 @@ def get_gaussian_schedule(name_or_fn: str | GaussianSchedule) -> GaussianSchedul
         return name_or_fn
     if name_or_fn not in GAUSSIAN_SCHEDULES:
         raise ConfigError(
-            f"unknown Gaussian schedule {name_or_fn!r}: expected one of {sorted(GAUSSIAN_SCHEDULES)} or a callable"
+            f"unknown Gaussian schedule {name_or_fn!r}: "
+            f"expected one of {sorted(GAUSSIAN_SCHEDULES)} or a callable"
         )
     return GAUSSIAN_SCHEDULES[name_or_fn]
 

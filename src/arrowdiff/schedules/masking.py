@@ -51,7 +51,9 @@ def validate_schedule(fn: MaskSchedule, num_points: int = 257, atol: float = 1e-
     except Exception as e:  # a user callable can fail in any way; report it as a config problem
         raise ConfigError(f"custom masking schedule failed on a tensor of times: {e}") from e
     if m.shape != t.shape:
-        raise ConfigError(f"custom masking schedule returned shape {tuple(m.shape)} for input {tuple(t.shape)}")
+        raise ConfigError(
+            f"custom masking schedule returned shape {tuple(m.shape)} for input {tuple(t.shape)}"
+        )
     if abs(m[0].item()) > atol or abs(m[-1].item() - 1.0) > atol:
         raise ConfigError(
             f"custom masking schedule must satisfy m(0)=0 and m(1)=1; got m(0)={m[0].item():.4g}, "

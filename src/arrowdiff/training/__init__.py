@@ -1,1 +1,4 @@
-"""Training code: losses, data, loops. Imports the inference package; the inference package never imports it."""
+"""Training code: losses, data, loops.
+
+It imports the inference package; the inference package never imports it.
+"""

@@ -20,7 +20,7 @@ import subprocess
 import sysconfig
 import tarfile
 import unicodedata
-from collections.abc import Sequence, Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -186,7 +186,9 @@ def iter_documents(
                 text = path.read_bytes().decode("utf-8")
             except UnicodeDecodeError:
                 continue
-            yield Document("python_packages", "python-packages/" + rel.as_posix(), "code", normalize_text(text))
+            yield Document(
+                "python_packages", "python-packages/" + rel.as_posix(), "code", normalize_text(text)
+            )
 
 
 def dedup_and_filter(docs: Iterable[Document], min_chars: int = MIN_CHARS) -> tuple[list[Document], dict]:
@@ -270,8 +272,13 @@ def build(
     """Build ``tokenizer.json`` and the shards under ``out_dir``; return the manifest (also written)."""
     sources_dir, out_dir = Path(sources_dir), Path(out_dir)
     raw = tqdm(
-        iter_documents(sources_dir, rst_dir=rst_dir, stdlib_dir=stdlib_dir, linux_doc_dir=linux_doc_dir,
-                       extra_code_dirs=extra_code_dirs),
+        iter_documents(
+            sources_dir,
+            rst_dir=rst_dir,
+            stdlib_dir=stdlib_dir,
+            linux_doc_dir=linux_doc_dir,
+            extra_code_dirs=extra_code_dirs,
+        ),
         desc="read",
         unit="doc",
         disable=not progress,
@@ -348,8 +355,10 @@ def build(
             *([rst_info] if rst_info else []),
             {"name": "cpython-stdlib", "version": platform.python_version(), "path": str(stdlib_root)},
             *([{"name": "linux-doc", "path": str(linux_doc_dir)}] if linux_doc_dir else []),
-            *[{"name": Path(d).name, "version": _dist_version(Path(d).name), "path": str(d)}
-              for d in extra_code_dirs],
+            *[
+                {"name": Path(d).name, "version": _dist_version(Path(d).name), "path": str(d)}
+                for d in extra_code_dirs
+            ],
         ],
     }
     (shard_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
@@ -389,10 +398,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rst-dir", type=Path, default=DEFAULT_RST_DIR, help="Python docs _sources dir")
     ap.add_argument("--stdlib-dir", type=Path, default=None, help="default: this interpreter's stdlib")
-    ap.add_argument("--linux-doc-dir", type=Path, default=None,
-                    help="Debian linux-doc Documentation dir (*.rst.gz), e.g. /usr/share/doc/linux-doc-6.1/Documentation")
-    ap.add_argument("--extra-code-dir", type=Path, action="append", default=[],
-                    help="extra Python package dir to use as code (repeatable)")
+    ap.add_argument(
+        "--linux-doc-dir",
+        type=Path,
+        default=None,
+        help="Debian linux-doc Documentation dir (*.rst.gz), e.g. /usr/share/doc/linux-doc-6.1/Documentation",
+    )
+    ap.add_argument(
+        "--extra-code-dir",
+        type=Path,
+        action="append",
+        default=[],
+        help="extra Python package dir to use as code (repeatable)",
+    )
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
     manifest = build(

@@ -39,14 +39,19 @@ def model_metadata(cfg: ModelConfig, model: UnifiedModel, training: dict[str, An
         "context_length": training.get("seq_len"),
         "consistency_distilled": False,
         "model_config": cfg.to_dict(),
-        "parameters": {**split, "total": sum(split.values()), "backbone_share": round(backbone_share(split), 4)},
+        "parameters": {
+            **split,
+            "total": sum(split.values()),
+            "backbone_share": round(backbone_share(split), 4),
+        },
         "tokenizer": "tokenizer.json",
         "training": training,
     }
 
 
-def export_model(model: UnifiedModel, tokenizer_path: Path, out_dir: Path, training: dict[str, Any],
-                 policy: QuantPolicy) -> Path:
+def export_model(
+    model: UnifiedModel, tokenizer_path: Path, out_dir: Path, training: dict[str, Any], policy: QuantPolicy
+) -> Path:
     """Save weights (through ArrowQuant with ``policy``), metadata.json and the tokenizer to ``out_dir``."""
     model = model.float().cpu()
     out_dir = Path(out_dir)
@@ -55,8 +60,16 @@ def export_model(model: UnifiedModel, tokenizer_path: Path, out_dir: Path, train
     return out_dir
 
 
-def export_run(out: Path, model: UnifiedModel, cfg: ModelConfig, tokenizer_path: Path, manifest: dict[str, Any],
-               args: argparse.Namespace, tokens_seen: int, wall_s: float) -> Path:
+def export_run(
+    out: Path,
+    model: UnifiedModel,
+    cfg: ModelConfig,
+    tokenizer_path: Path,
+    manifest: dict[str, Any],
+    args: argparse.Namespace,
+    tokens_seen: int,
+    wall_s: float,
+) -> Path:
     """Export the end of a training run to ``<out>/model`` with its full recipe in metadata.json."""
     from arrowdiff.training.train import command_line  # local: train imports this module lazily too
 
@@ -83,8 +96,9 @@ def export_run(out: Path, model: UnifiedModel, cfg: ModelConfig, tokenizer_path:
             "manifest_sha256": hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest(),
             "tokenizer_sha256": manifest.get("tokenizer_sha256"),
             "sources": manifest.get("sources"),
-            "train_tokens": {k: v.get("tokens") for k, v in manifest.get("shards", {}).items()
-                             if isinstance(v, dict)},
+            "train_tokens": {
+                k: v.get("tokens") for k, v in manifest.get("shards", {}).items() if isinstance(v, dict)
+            },
         },
     }
     policy = QuantPolicy(bits=args.export_bits)

@@ -21,8 +21,9 @@ from arrowdiff.network.model import UnifiedModel
 from arrowdiff.schedules.masking import MaskSchedule, mask_tokens, nelbo_weight
 
 
-def low_discrepancy_times(batch: int, eps: float, generator: torch.Generator | None = None,
-                          device: torch.device | str = "cpu") -> Tensor:
+def low_discrepancy_times(
+    batch: int, eps: float, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+) -> Tensor:
     """t_i = eps + (1-eps) * ((u + i/B) mod 1): one uniform draw stratified over the batch (MDLM)."""
     u = torch.rand((), generator=generator)
     t = (u + torch.arange(batch) / batch) % 1.0
@@ -44,10 +45,14 @@ def mdlm_loss(
     eps: float = 1e-3,
     generator: torch.Generator | None = None,
     t: Tensor | None = None,
+    mask_id: int | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """NELBO in nats per token for a batch of clean tokens x0 (B, T)."""
+    """NELBO in nats per token for a batch of clean tokens x0 (B, T).
+
+    ``mask_id`` defaults to ``model.cfg.text.mask_id``; pass it when ``model`` is a wrapper (DDP) that
+    does not expose ``cfg``."""
     B, T = x0.shape
-    mask_id = model.cfg.text.mask_id
+    mask_id = model.cfg.text.mask_id if mask_id is None else mask_id
     t = low_discrepancy_times(B, eps, generator, x0.device) if t is None else t
     x_t, is_masked = mask_tokens(x0, t, schedule, mask_id, generator)
     logits = model(x_t, t, modalities)
@@ -61,7 +66,9 @@ def mdlm_loss(
     return loss, stats
 
 
-def ar_loss(model: UnifiedModel, x0: Tensor, modalities: Sequence[str] | str) -> tuple[Tensor, dict[str, float]]:
+def ar_loss(
+    model: UnifiedModel, x0: Tensor, modalities: Sequence[str] | str
+) -> tuple[Tensor, dict[str, float]]:
     """Next-token cross-entropy in nats per predicted token; the model must have objective='ar'."""
     B, T = x0.shape
     t = torch.zeros(B, device=x0.device)  # the AR network sees clean data: time is always 0

@@ -45,7 +45,9 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=200)
-    p.add_argument("--decay-frac", type=float, default=0.2, help="final fraction of steps with linear LR decay")
+    p.add_argument(
+        "--decay-frac", type=float, default=0.2, help="final fraction of steps with linear LR decay"
+    )
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--code-frac", type=float, default=0.4, help="share of code sequences in a batch")
     p.add_argument("--seed", type=int, default=0)
@@ -57,8 +59,12 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
-    p.add_argument("--stop-at", type=int, default=0,
-                   help="checkpoint and stop at this step (the LR schedule still spans --steps); resume later")
+    p.add_argument(
+        "--stop-at",
+        type=int,
+        default=0,
+        help="checkpoint and stop at this step (the LR schedule still spans --steps); resume later",
+    )
     p.add_argument("--no-export", action="store_true", help="skip writing <out>/model at the end")
     p.add_argument("--export-bits", type=int, default=16, help="bit width of the exported model")
     return p
@@ -86,7 +92,9 @@ def make_model_config(args: argparse.Namespace, vocab_size: int) -> ModelConfig:
 
 
 @torch.no_grad()
-def evaluate(model: UnifiedModel, windows: dict[str, torch.Tensor], args: argparse.Namespace) -> dict[str, float]:
+def evaluate(
+    model: UnifiedModel, windows: dict[str, torch.Tensor], args: argparse.Namespace
+) -> dict[str, float]:
     """Validation loss per modality: NELBO (mdlm, fixed t grid) or next-token CE (ar), nats/token."""
     model.eval()
     schedule = get_mask_schedule(model.cfg.schedule.discrete)
@@ -99,8 +107,14 @@ def evaluate(model: UnifiedModel, windows: dict[str, torch.Tensor], args: argpar
                 if model.cfg.objective == "ar":
                     loss, _ = ar_loss(model, xb, name)
                 else:
-                    loss, _ = mdlm_loss(model, xb, name, schedule, model.cfg.schedule.eps,
-                                        generator=step_generator(args.seed, i, stream=7))
+                    loss, _ = mdlm_loss(
+                        model,
+                        xb,
+                        name,
+                        schedule,
+                        model.cfg.schedule.eps,
+                        generator=step_generator(args.seed, i, stream=7),
+                    )
             total, n = total + loss.item() * len(xb), n + len(xb)
         out[f"val_{name}"] = total / max(n, 1)
     model.train()
@@ -132,7 +146,9 @@ def train(args: argparse.Namespace) -> Path:
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr, betas=(0.9, 0.98), eps=1e-8,
+        lr=args.lr,
+        betas=(0.9, 0.98),
+        eps=1e-8,
     )
     start_step, tokens_seen, elapsed = 0, 0, 0.0
     if args.resume and (out / "checkpoint" / "state.json").exists():
@@ -143,10 +159,18 @@ def train(args: argparse.Namespace) -> Path:
         fwd_model = torch.compile(model)
     if ddp:
         fwd_model = torch.nn.parallel.DistributedDataParallel(fwd_model, find_unused_parameters=True)
-    sampler = ShardSampler(open_shard(data, "train", "text"), open_shard(data, "train", "code"),
-                           args.seq_len + (1 if args.objective == "ar" else 0), args.code_frac)
-    val = {m: fixed_windows(open_shard(data, "val", m), args.seq_len + (args.objective == "ar"),
-                            args.eval_windows) for m in ("text", "code")}
+    sampler = ShardSampler(
+        open_shard(data, "train", "text"),
+        open_shard(data, "train", "code"),
+        args.seq_len + (1 if args.objective == "ar" else 0),
+        args.code_frac,
+    )
+    val = {
+        m: fixed_windows(
+            open_shard(data, "val", m), args.seq_len + (args.objective == "ar"), args.eval_windows
+        )
+        for m in ("text", "code")
+    }
     schedule = get_mask_schedule(args.schedule)
     local_bs = args.batch_size // world
     if rank == 0:
@@ -154,9 +178,16 @@ def train(args: argparse.Namespace) -> Path:
     log = (out / "log.jsonl").open("a") if rank == 0 else None
     if rank == 0:
         (out / "command.txt").write_text(command_line(args) + "\n")
-    bar = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps, disable=rank != 0,
-               desc=f"train {args.objective}/{args.preset}", dynamic_ncols=True)
+    bar = tqdm(
+        range(start_step, args.steps),
+        initial=start_step,
+        total=args.steps,
+        disable=rank != 0,
+        desc=f"train {args.objective}/{args.preset}",
+        dynamic_ncols=True,
+    )
     t0 = time.perf_counter()
+    step = start_step - 1  # the last step done, also when resuming a run that has already finished
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args)
@@ -167,7 +198,9 @@ def train(args: argparse.Namespace) -> Path:
             if args.objective == "ar":
                 loss, stats = ar_loss(fwd_model, x0, names)
             else:
-                loss, stats = mdlm_loss(fwd_model, x0, names, schedule, cfg.schedule.eps, generator=gen)
+                loss, stats = mdlm_loss(
+                    fwd_model, x0, names, schedule, cfg.schedule.eps, generator=gen, mask_id=cfg.text.mask_id
+                )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -175,8 +208,13 @@ def train(args: argparse.Namespace) -> Path:
         tokens_seen += args.batch_size * args.seq_len
         if rank == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr_at(step, args):.1e}")
-            rec = {"step": step + 1, "loss": loss.item(), "grad_norm": float(gnorm), **stats,
-                   "elapsed_s": round(elapsed + time.perf_counter() - t0, 3)}
+            rec = {
+                "step": step + 1,
+                "loss": loss.item(),
+                "grad_norm": float(gnorm),
+                **stats,
+                "elapsed_s": round(elapsed + time.perf_counter() - t0, 3),
+            }
             if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
                 rec.update(evaluate(model, val, args))
                 tqdm.write(json.dumps(rec))
@@ -184,8 +222,13 @@ def train(args: argparse.Namespace) -> Path:
             stopping = args.stop_at and step + 1 >= args.stop_at
             if (step + 1) % args.ckpt_every == 0 or step + 1 == args.steps or stopping:
                 log.flush()
-                state = {"step": step + 1, "tokens_seen": tokens_seen, "config": cfg.to_dict(),
-                         "elapsed_s": elapsed + time.perf_counter() - t0, "args": vars(args)}
+                state = {
+                    "step": step + 1,
+                    "tokens_seen": tokens_seen,
+                    "config": cfg.to_dict(),
+                    "elapsed_s": elapsed + time.perf_counter() - t0,
+                    "args": vars(args),
+                }
                 save_checkpoint(out / "checkpoint", model, opt, state)
         if args.stop_at and step + 1 >= args.stop_at:
             break
@@ -195,8 +238,9 @@ def train(args: argparse.Namespace) -> Path:
         if finished and not args.no_export:
             from arrowdiff.training.export import export_run
 
-            export_run(out, model, cfg, tok_path, manifest, args, tokens_seen,
-                       elapsed + time.perf_counter() - t0)
+            export_run(
+                out, model, cfg, tok_path, manifest, args, tokens_seen, elapsed + time.perf_counter() - t0
+            )
     if ddp:
         dist.destroy_process_group()
     return out

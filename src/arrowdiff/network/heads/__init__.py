@@ -1,6 +1,12 @@
 """Projection heads, one per modality (R4.7)."""
 
-from arrowdiff.network.heads.base import HEAD_BUILDERS, HEAD_PARAM_LIMIT, Head, get_head_builder, register_head
+from arrowdiff.network.heads.base import (
+    HEAD_BUILDERS,
+    HEAD_PARAM_LIMIT,
+    Head,
+    get_head_builder,
+    register_head,
+)
 from arrowdiff.network.heads.text import TokenHead
 
 __all__ = ["HEAD_BUILDERS", "HEAD_PARAM_LIMIT", "Head", "TokenHead", "get_head_builder", "register_head"]
