@@ -75,7 +75,8 @@ def test_mask_tokens_masks_at_the_scheduled_rate(name: str, t: float, seed: int)
     x_t, is_masked = mask_tokens(x0, torch.tensor([t]), m, mask_id, generator=gen)
     p = float(m(torch.tensor(t, dtype=torch.float64)))
     sigma = math.sqrt(p * (1 - p) / n)
-    assert abs(is_masked.float().mean().item() - p) <= 5 * sigma + 1e-9
+    # 5 sigma, plus a few counts of slack where p is so small that the normal approximation fails
+    assert abs(is_masked.float().mean().item() - p) <= 5 * sigma + 5 / is_masked.numel()
     # masked positions hold the mask id, the others keep x0
     assert (x_t[is_masked] == mask_id).all()
     assert torch.equal(x_t[~is_masked], x0[~is_masked])
