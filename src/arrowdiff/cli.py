@@ -29,9 +29,15 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model directory (default: the shipped model)")
 
 
+def unescape(text: str | None) -> str | None:
+    """Turn the two-character sequences \\n and \\t typed on a command line into newline and tab."""
+    return None if text is None else text.replace("\\n", "\n").replace("\\t", "\t")
+
+
 def cmd_diffuse(args: argparse.Namespace) -> int:
     from arrowdiff import ArrowEngine
 
+    args.prompt, args.suffix = unescape(args.prompt), unescape(args.suffix)
     engine = ArrowEngine.from_pretrained(args.model)
     text = engine.diffuse(
         args.prompt,
@@ -84,6 +90,31 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+QUANTIZE_BITS = (8, 4, 2)
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from arrowdiff.errors import ConfigError
+    from arrowdiff.info import describe_model
+    from arrowdiff.loading import resolve_model_path
+    from arrowdiff.weights import QuantPolicy
+    from arrowdiff.weights.requantize import requantize_model_dir
+
+    if args.bits not in QUANTIZE_BITS:
+        raise ConfigError(
+            f"--bits {args.bits} is not supported; use one of {', '.join(map(str, QUANTIZE_BITS))}"
+        )
+    if args.group_size < 1:
+        raise ConfigError(
+            f"--group-size {args.group_size} must be a positive integer; 32, 64 or 128 are typical"
+        )
+    policy = QuantPolicy(bits=args.bits, group_size=args.group_size, method=args.method)
+    src = resolve_model_path(args.model)
+    requantize_model_dir(src, Path(args.out), policy, progress=sys.stderr.isatty())
+    print(describe_model(args.out))
+    return 0
+
+
 def cmd_train(args: argparse.Namespace, rest: list[str]) -> int:
     from arrowdiff.training.train import main as train_main
 
@@ -97,8 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("diffuse", help="generate with the diffusion model (text, code; infilling)")
-    d.add_argument("--prompt", default="", help="text the output starts with (kept exactly)")
-    d.add_argument("--suffix", default=None, help="text the output ends with: turns on infilling")
+    d.add_argument("--prompt", default="", help="text the output starts with, kept exactly (\\n = newline)")
+    d.add_argument(
+        "--suffix", default=None, help="text the output ends with: turns on infilling (\\n = newline)"
+    )
     d.add_argument("--modality", default="text", help="text | code")
     d.add_argument("--out", default=None, help="also write the result to this file")
     _add_sampling_args(d)
@@ -119,6 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("model", nargs="?", default=None, help="model directory (default: the shipped model)")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_info)
+
+    q = sub.add_parser("quantize", help="re-quantize a model directory (e.g. INT8 -> INT4) into a new one")
+    q.add_argument("model", help="model directory or shipped model name, e.g. 'default'")
+    q.add_argument("--bits", type=int, required=True, help="8, 4 or 2 (norms and biases stay fp32)")
+    q.add_argument("--group-size", type=int, default=64, help="values per scale/zero group (default 64)")
+    q.add_argument("--method", default="rtn", help="rtn (default) or hqq (lower error, slower)")
+    q.add_argument("--out", required=True, help="new model directory (must not exist or be empty)")
+    q.set_defaults(func=cmd_quantize)
 
     sub.add_parser("train", help="train a model (see `arrowdiff train --help`)", add_help=False)
     return p

@@ -157,8 +157,13 @@ def _blob_array(data: torch.Tensor) -> pa.Array:
 def _row(path: Path, name: object, tensor: object, policy: QuantPolicy) -> pa.Table:
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{path}: tensor names must be non-empty strings, got {name!r}")
+    if isinstance(tensor, StoredTensor):  # copied verbatim: its own bits, codes and checksum
+        tensor.verify()
+        return _table(name, tensor.quantized(), tensor.dtype, tensor.sha256)
     if not isinstance(tensor, torch.Tensor):
-        raise ConfigError(f"{path}: tensor {name!r} is a {type(tensor).__name__}, expected a torch.Tensor")
+        raise ConfigError(
+            f"{path}: tensor {name!r} is a {type(tensor).__name__}, expected a torch.Tensor or StoredTensor"
+        )
     dtype = str(tensor.dtype).removeprefix("torch.")
     if dtype not in DTYPES:
         raise ConfigError(
@@ -176,6 +181,10 @@ def _row(path: Path, name: object, tensor: object, policy: QuantPolicy) -> pa.Ta
             "limit; store it at fewer bits or split it into several tensors"
         )
     digest = checksum(q.packed.numpy(), q.scales.view(torch.uint8).numpy(), q.zeros.view(torch.uint8).numpy())
+    return _table(name, q, dtype, digest)
+
+
+def _table(name: str, q: QuantizedTensor, dtype: str, digest: str) -> pa.Table:
     cols = {
         "name": pa.array([name], pa.string()),
         "shape": pa.array([list(q.shape)], SCHEMA.field("shape").type),
@@ -209,8 +218,14 @@ def tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-def write_component(path: Path, tensors: Mapping[str, torch.Tensor], policy: QuantPolicy) -> None:
-    """Write ``tensors`` to the component file ``path`` atomically (tmp file, fsync, rename)."""
+def write_component(
+    path: Path, tensors: Mapping[str, torch.Tensor | StoredTensor], policy: QuantPolicy
+) -> None:
+    """Write ``tensors`` to the component file ``path`` atomically (tmp file, fsync, rename).
+
+    Tensors are stored as ``policy`` says; a :class:`StoredTensor` is copied as stored (its checksum is
+    verified first), so tensors can be carried over from another file without a lossy round trip.
+    """
     path = Path(path)
     if not isinstance(policy, QuantPolicy):
         raise ConfigError(f"policy must be a QuantPolicy, got {type(policy).__name__}")

