@@ -132,6 +132,21 @@ def package_info(tgz: Path) -> dict:
     }
 
 
+def _code_documents(root: Path, rel_base: Path, source: str, prefix: str) -> Iterator[Document]:
+    """UTF-8 ``*.py`` files under ``root`` (no test folders, none over MAX_CODE_BYTES) as code documents."""
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(rel_base)
+        if EXCLUDED_CODE_DIRS.intersection(path.relative_to(root).parts[:-1]):
+            continue
+        if path.stat().st_size > MAX_CODE_BYTES:
+            continue
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        yield Document(source, prefix + rel.as_posix(), "code", normalize_text(text))
+
+
 def iter_documents(
     sources_dir: Path,
     *,
@@ -162,33 +177,14 @@ def iter_documents(
             text = normalize_text(path.read_text(encoding="utf-8", errors="replace"))
             yield Document("python_docs", "python-docs/" + rel, "text", text)
     root = Path(stdlib_dir if stdlib_dir is not None else sysconfig.get_paths()["stdlib"])
-    for path in sorted(root.rglob("*.py")):
-        rel = path.relative_to(root)
-        if EXCLUDED_CODE_DIRS.intersection(rel.parts[:-1]) or path.stat().st_size > MAX_CODE_BYTES:
-            continue
-        try:
-            text = path.read_bytes().decode("utf-8")
-        except UnicodeDecodeError:
-            continue
-        yield Document("python_stdlib", "python-stdlib/" + rel.as_posix(), "code", normalize_text(text))
+    yield from _code_documents(root, root, "python_stdlib", "python-stdlib/")
     if linux_doc_dir is not None:
         for path in sorted(Path(linux_doc_dir).rglob("*.rst.gz")):
             text = gzip.decompress(path.read_bytes()).decode("utf-8", errors="replace")
             rel = path.relative_to(linux_doc_dir).as_posix()
             yield Document("linux_docs", "linux-docs/" + rel, "text", normalize_text(text))
     for extra in extra_code_dirs:
-        extra = Path(extra)
-        for path in sorted(extra.rglob("*.py")):
-            rel = path.relative_to(extra.parent)
-            if EXCLUDED_CODE_DIRS.intersection(rel.parts[:-1]) or path.stat().st_size > MAX_CODE_BYTES:
-                continue
-            try:
-                text = path.read_bytes().decode("utf-8")
-            except UnicodeDecodeError:
-                continue
-            yield Document(
-                "python_packages", "python-packages/" + rel.as_posix(), "code", normalize_text(text)
-            )
+        yield from _code_documents(Path(extra), Path(extra).parent, "python_packages", "python-packages/")
 
 
 def dedup_and_filter(docs: Iterable[Document], min_chars: int = MIN_CHARS) -> tuple[list[Document], dict]:
