@@ -64,22 +64,47 @@ def cmd_diffuse(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from arrowdiff import ArrowEngine
 
-    if args.mode == "ar":
-        engine = ArrowEngine.from_pretrained(args.model or "ar-baseline")
-        print(args.prompt, end="", flush=True)
-        for piece in engine.stream(
-            args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed
-        ):
-            print(piece, end="", flush=True)
-        print()
-        return 0
-    engine = ArrowEngine.from_pretrained(args.model)
-    print(
-        args.prompt
-        + engine.generate(
-            args.prompt, args.max_new_tokens, mode="diffusion", temperature=args.temperature, seed=args.seed
-        )
+    args.prompt = unescape(args.prompt)
+    stop = [unescape(s) for s in args.stop or []]
+    # default AR model: SmolLM2-135M (converted from the installed wheel on first use)
+    engine = ArrowEngine.from_pretrained(args.model or ("smollm2" if args.mode == "ar" else None))
+    pieces = engine.stream(
+        args.prompt,
+        args.max_new_tokens,
+        args.temperature,
+        args.top_k,
+        args.top_p,
+        args.seed,
+        stop,
+        mode=args.mode,
     )
+    print(args.prompt, end="", flush=True)
+    for piece in pieces:
+        print(piece, end="", flush=True)
+    print()
+    return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    import json
+
+    from arrowdiff import ArrowEngine
+
+    emb = ArrowEngine.from_pretrained().encode(args.texts, normalize=not args.no_normalize)
+    if args.json:
+        print(json.dumps({"model": "all-MiniLM-L6-v2", "dim": emb.shape[1], "embeddings": emb.tolist()}))
+    else:
+        for text, row in zip(args.texts, emb, strict=True):
+            head = " ".join(f"{v:+.4f}" for v in row[:6])
+            print(f"{text[:40]!r}: dim {row.shape[0]}, norm {float((row**2).sum()) ** 0.5:.4f}, [{head} ...]")
+    return 0
+
+
+def cmd_convert_gguf(args: argparse.Namespace) -> int:
+    from arrowdiff.ar.gguf_convert import convert_gguf
+
+    convert_gguf(Path(args.gguf), Path(args.out), args.bits, progress=sys.stderr.isatty())
+    print(args.out)
     return 0
 
 
@@ -138,15 +163,33 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_diffuse)
 
     g = sub.add_parser("generate", help="continue a prompt: --mode ar (InferenceCore) or diffusion")
-    g.add_argument("--prompt", required=True)
+    g.add_argument("--prompt", required=True, help="text to continue (\\n = newline)")
     g.add_argument("--mode", default="ar", choices=["ar", "diffusion"])
     g.add_argument("--max-new-tokens", type=int, default=64)
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--top-k", type=int, default=0)
-    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = all)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
     g.add_argument("--seed", type=int, default=None)
-    g.add_argument("--model", default=None)
+    g.add_argument("--stop", action="append", default=None, help="stop before this string (repeatable)")
+    g.add_argument(
+        "--model",
+        default=None,
+        help="model directory or name (default: smollm2 for --mode ar, the shipped model for diffusion; "
+        "'ar-baseline' is the project's own causal model)",
+    )
     g.set_defaults(func=cmd_generate)
+
+    e = sub.add_parser("encode", help="sentence embeddings (MiniLM, 384-d) of the given texts")
+    e.add_argument("texts", nargs="+", help="one or more sentences")
+    e.add_argument("--json", action="store_true", help="print the embeddings as JSON")
+    e.add_argument("--no-normalize", action="store_true", help="skip L2 normalisation")
+    e.set_defaults(func=cmd_encode)
+
+    c = sub.add_parser("convert-gguf", help="convert a LLaMA-architecture GGUF into a model directory")
+    c.add_argument("gguf", help="path of the .gguf file")
+    c.add_argument("--bits", type=int, default=4, help="4 (Q4_1 blocks carried over exactly) or 8")
+    c.add_argument("--out", required=True, help="new model directory")
+    c.set_defaults(func=cmd_convert_gguf)
 
     i = sub.add_parser("info", help="components, parameters, bits and bytes of a model")
     i.add_argument("model", nargs="?", default=None, help="model directory (default: the shipped model)")

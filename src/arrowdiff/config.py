@@ -151,6 +151,14 @@ def preset_tiny(vocab_size: int = 4096) -> ModelConfig:
     )
 
 
+def preset_mini(vocab_size: int = 4096) -> ModelConfig:
+    """~2M parameters, width 128: for CPU ablations that must train in minutes."""
+    return ModelConfig(
+        backbone=BackboneConfig(dim=128, num_layers=4, num_heads=4, mlp_dim=352, cond_dim=128, time_dim=64),
+        text=TextHeadConfig(vocab_size=vocab_size),
+    )
+
+
 def preset_small(vocab_size: int = 4096) -> ModelConfig:
     """~12M parameters: trains on a 2-core CPU in a few hours."""
     return ModelConfig(
@@ -176,6 +184,7 @@ def preset_workstation(vocab_size: int = 4096) -> ModelConfig:
 
 PRESETS = {
     "tiny": preset_tiny,
+    "mini": preset_mini,
     "small": preset_small,
     "base": preset_base,
     "workstation": preset_workstation,

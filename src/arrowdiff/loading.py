@@ -14,13 +14,14 @@ from typing import Any
 import torch
 
 from arrowdiff.config import ModelConfig
-from arrowdiff.errors import WeightFormatError
+from arrowdiff.errors import ConfigError, WeightFormatError
 from arrowdiff.network.model import UnifiedModel
 from arrowdiff.tokenizer import TextTokenizer
-from arrowdiff.weights import load_into, load_model_dir
+from arrowdiff.weights import QuantLinear, StoredTensor, load_into, load_model_dir
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 DEFAULT_MODEL = "default"
+COMPUTE = ("fp32", "bf16", "int8")  # how the backbone's linear layers compute (QuantLinear forms)
 
 
 @dataclass
@@ -52,8 +53,39 @@ def resolve_model_path(path: str | os.PathLike[str] | None) -> Path:
     return p
 
 
-def load_model(path: str | os.PathLike[str] | None = None, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Build the model its metadata.json describes and fill it from the Parquet components."""
+def _swap_linears(module: torch.nn.Module, stored: dict[str, StoredTensor], compute: str) -> set[str]:
+    """Replace every nn.Linear in ``module`` by a lazy QuantLinear over its stored weight (and bias);
+    return the state-dict keys now held by the QuantLinears."""
+    used: set[str] = set()
+    for name, child in list(module.named_modules()):
+        w = stored.get(f"{name}.weight")
+        if not isinstance(child, torch.nn.Linear) or w is None:
+            continue  # a missing weight is reported by load_into
+        if tuple(w.shape) != tuple(child.weight.shape):
+            raise WeightFormatError(
+                f"{w.file}: {w.name!r} has shape {list(w.shape)}, the model expects "
+                f"{list(child.weight.shape)}; load the checkpoint saved from the same model config"
+            )
+        bias = stored.get(f"{name}.bias") if child.bias is not None else None
+        parent, _, attr = name.rpartition(".")
+        setattr(module.get_submodule(parent), attr, QuantLinear(w, bias, compute))
+        used |= {f"{name}.weight", f"{name}.bias"} if bias is not None else {f"{name}.weight"}
+    return used
+
+
+def load_model(
+    path: str | os.PathLike[str] | None = None,
+    dtype: torch.dtype = torch.float32,
+    compute: str = "fp32",
+) -> LoadedModel:
+    """Build the model its metadata.json describes and fill it from the Parquet components.
+
+    ``compute="fp32"`` (default) dequantizes every weight into ordinary fp32 modules. ``"bf16"`` and
+    ``"int8"`` (W8A8 through torch._int_mm) instead make the backbone's linear layers QuantLinears over
+    the stored weights, converted on first use; the rest (embeddings, norms, heads) loads as usual.
+    """
+    if compute not in COMPUTE:
+        raise ConfigError(f"compute={compute!r} is not supported; use one of {COMPUTE}")
     p = resolve_model_path(path)
     stored = load_model_dir(p)
     meta = stored.metadata
@@ -68,7 +100,11 @@ def load_model(path: str | os.PathLike[str] | None = None, dtype: torch.dtype = 
     if missing:
         raise WeightFormatError(f"{p}: components {missing} are missing from metadata.json 'components'")
     for name, module in expected.items():
-        load_into(module, stored.components[name], name, p / meta["components"][name], dtype=dtype)
+        tensors = stored.components[name]
+        if compute != "fp32" and name == "backbone":
+            used = _swap_linears(module, tensors, compute)
+            tensors = {k: v for k, v in tensors.items() if k not in used}
+        load_into(module, tensors, name, p / meta["components"][name], dtype=dtype)
     tok = TextTokenizer.from_file(p / meta.get("tokenizer", "tokenizer.json"))
     if tok.vocab_size != cfg.text.vocab_size:
         raise WeightFormatError(

@@ -60,6 +60,12 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
     p.add_argument(
+        "--init-from",
+        default=None,
+        help="start from an exported model directory's weights, e.g. an AR model (AR initialisation "
+        "of masked diffusion, DiffuLLaMA/Dream); same architecture",
+    )
+    p.add_argument(
         "--stop-at",
         type=int,
         default=0,
@@ -84,6 +90,18 @@ def lr_at(step: int, args: argparse.Namespace) -> float:
         return args.lr
     frac = (step - decay_start) / max(1, args.steps - decay_start)
     return args.lr * (1 - 0.9 * frac)
+
+
+def init_weights(model: UnifiedModel, path: str) -> None:
+    """Copy every tensor of an exported model into ``model`` (strict: same architecture and vocabulary)."""
+    from arrowdiff.loading import load_model
+
+    source = load_model(path).model
+    if source.cfg.backbone != model.cfg.backbone or source.cfg.text != model.cfg.text:
+        raise ConfigError(
+            f"--init-from {path}: its architecture differs from --preset; use the matching preset"
+        )
+    model.load_state_dict(source.state_dict())
 
 
 def make_model_config(args: argparse.Namespace, vocab_size: int) -> ModelConfig:
@@ -151,6 +169,8 @@ def train(args: argparse.Namespace) -> Path:
         eps=1e-8,
     )
     start_step, tokens_seen, elapsed = 0, 0, 0.0
+    if args.init_from and not (args.resume and (out / "checkpoint" / "state.json").exists()):
+        init_weights(model, args.init_from)
     if args.resume and (out / "checkpoint" / "state.json").exists():
         state = load_checkpoint(out / "checkpoint", model, opt)
         start_step, tokens_seen, elapsed = state["step"], state["tokens_seen"], state["elapsed_s"]

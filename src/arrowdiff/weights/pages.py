@@ -150,7 +150,7 @@ def locate_single_value(
             return None
     else:
         return None
-    if start + 4 > chunk_end:
+    if start + 4 > min(chunk_end, len(buf)):  # ``buf`` may hold just the page's first bytes
         return None
     (n,) = struct.unpack_from("<I", buf, start)
     if n != expected_len or start + 4 + n > chunk_end:

@@ -41,6 +41,7 @@ DTYPES = {
     "float32": torch.float32,
     "float64": torch.float64,
 }
+_HEADER_READ = 4096 + 64  # bytes read to decode a page header (pages.py reads headers of <= 4096 bytes)
 MAX_VALUE_BYTES = 2**31 - 2**16  # a Parquet page and a PLAIN length prefix are int32 (section 4)
 
 # section 3: the schema, in column order
@@ -160,9 +161,16 @@ def _row(path: Path, name: object, tensor: object, policy: QuantPolicy) -> pa.Ta
     if isinstance(tensor, StoredTensor):  # copied verbatim: its own bits, codes and checksum
         tensor.verify()
         return _table(name, tensor.quantized(), tensor.dtype, tensor.sha256)
+    if isinstance(tensor, QuantizedTensor):  # already quantized elsewhere (e.g. a GGUF block carried over)
+        q = tensor
+        digest = checksum(
+            q.packed.numpy(), q.scales.view(torch.uint8).numpy(), q.zeros.view(torch.uint8).numpy()
+        )
+        return _table(name, q, "float32", digest)
     if not isinstance(tensor, torch.Tensor):
         raise ConfigError(
-            f"{path}: tensor {name!r} is a {type(tensor).__name__}, expected a torch.Tensor or StoredTensor"
+            f"{path}: tensor {name!r} is a {type(tensor).__name__}, "
+            "expected a torch.Tensor, StoredTensor or QuantizedTensor"
         )
     dtype = str(tensor.dtype).removeprefix("torch.")
     if dtype not in DTYPES:
@@ -224,7 +232,8 @@ def write_component(
     """Write ``tensors`` to the component file ``path`` atomically (tmp file, fsync, rename).
 
     Tensors are stored as ``policy`` says; a :class:`StoredTensor` is copied as stored (its checksum is
-    verified first), so tensors can be carried over from another file without a lossy round trip.
+    verified first), so tensors can be carried over from another file without a lossy round trip, and a
+    :class:`QuantizedTensor` (codes made elsewhere, e.g. a GGUF's blocks) is written as given.
     """
     path = Path(path)
     if not isinstance(policy, QuantPolicy):
@@ -249,11 +258,16 @@ def _corrupt(path: Path, what: str) -> WeightFormatError:
 
 
 class _Blobs:
-    """Finds blob cells: views into ``mm`` where the file follows section 4, pyarrow copies otherwise."""
+    """Finds blob cells: views into ``mm`` where the file follows section 4, pyarrow copies otherwise.
 
-    def __init__(self, path: Path, mm: mmap.mmap, pf: pq.ParquetFile) -> None:
-        self.path, self.mm, self.pf = path, mm, pf
-        md = pf.metadata
+    Page headers are read with ``os.pread`` on ``fd``, not through the mapping, so locating a tensor maps
+    none of the file's pages: they are faulted in only when the tensor's values are used.
+    """
+
+    def __init__(self, path: Path, mm: mmap.mmap, fd: int, pf: pq.ParquetFile) -> None:
+        self.path, self.mm, self.fd, self.pf = path, mm, fd, pf
+        self.md, self.schema = pf.metadata, pf.schema  # looked up once, not per cell
+        md = self.md
         self.one_per_group = all(md.row_group(i).num_rows == 1 for i in range(md.num_row_groups))
         self._decoded: dict[str, pa.ChunkedArray] = {}  # fallback: whole columns, decoded once
 
@@ -273,7 +287,7 @@ class _Blobs:
 
     def _view(self, rg: int, name: str, column: str, n: int) -> np.ndarray | None:
         leaf = SCHEMA.names.index(column)  # every column before the blobs is one Parquet leaf
-        cc = self.pf.metadata.row_group(rg).column(leaf)
+        cc = self.md.row_group(rg).column(leaf)
         if cc.path_in_schema != column:
             return None
         start = cc.data_page_offset
@@ -282,11 +296,12 @@ class _Blobs:
             raise _corrupt(self.path, f"tensor {name!r} column {column!r} ends at byte {end}, past the end")
         if cc.compression != "UNCOMPRESSED" or cc.has_dictionary_page:
             return None
-        max_def = self.pf.schema.column(leaf).max_definition_level
-        span = locate_single_value(self.mm, start, end, n, max_def)
+        max_def = self.schema.column(leaf).max_definition_level
+        head = os.pread(self.fd, min(end - start, _HEADER_READ), start)  # header + length prefix
+        span = locate_single_value(head, 0, end - start, n, max_def)
         if span is None:
             return None
-        return np.frombuffer(self.mm, dtype=np.uint8, count=n, offset=span.offset)
+        return np.frombuffer(self.mm, dtype=np.uint8, count=n, offset=start + span.offset)
 
 
 def _check_row(path: Path, row: dict) -> tuple[int, int, int]:
@@ -326,39 +341,48 @@ def read_component(path: Path, verify: bool = False) -> dict[str, StoredTensor]:
     if not path.is_file():
         raise WeightFormatError(f"{path}: component file not found; check the path or re-export the model")
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
+        fd = f.fileno()
+        size = os.fstat(fd).st_size
         if size < 12:
             raise _corrupt(path, f"only {size} bytes, too short for Parquet")
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # private mapping: never writes the file
-    if mm[:4] != b"PAR1" or mm[-4:] != b"PAR1":
-        raise _corrupt(path, "no Parquet magic bytes at start and end")
-    try:
-        pf = pq.ParquetFile(pa.BufferReader(pa.py_buffer(mm)))
-        kv = pf.metadata.metadata or {}
-        version = kv.get(VERSION_KEY.encode())
-        if version is None:
-            raise WeightFormatError(f"{path}: no '{VERSION_KEY}' key: not an ArrowQuant file; re-export it")
-        if version.decode() not in SUPPORTED_FORMAT_VERSIONS:
-            raise WeightFormatError(
-                f"{path}: format version {version.decode()!r} is not one this arrowdiff reads "
-                f"{SUPPORTED_FORMAT_VERSIONS}; upgrade arrowdiff or re-export the model"
-            )
-        if pf.schema_arrow.names != SCHEMA.names:
-            raise WeightFormatError(f"{path}: columns {pf.schema_arrow.names} differ from {SCHEMA.names}")
-        rows = pf.read(columns=list(SMALL_COLUMNS)).to_pylist()
-    except (pa.ArrowException, OSError) as e:
-        raise _corrupt(path, f"pyarrow cannot read it ({e})") from e
-    blobs = _Blobs(path, mm, pf)
+        mm = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)  # private mapping: never writes the file
+        # magic bytes, footer, small columns and page headers are read, not mapped: opening a file maps
+        # none of its pages, so resident memory grows only as tensors are used
+        if os.pread(fd, 4, 0) != b"PAR1" or os.pread(fd, 4, size - 4) != b"PAR1":
+            raise _corrupt(path, "no Parquet magic bytes at start and end")
+        try:
+            pf = pq.ParquetFile(pa.PythonFile(f, mode="r"))
+            kv = pf.metadata.metadata or {}
+            version = kv.get(VERSION_KEY.encode())
+            if version is None:
+                raise WeightFormatError(
+                    f"{path}: no '{VERSION_KEY}' key: not an ArrowQuant file; re-export it"
+                )
+            if version.decode() not in SUPPORTED_FORMAT_VERSIONS:
+                raise WeightFormatError(
+                    f"{path}: format version {version.decode()!r} is not one this arrowdiff reads "
+                    f"{SUPPORTED_FORMAT_VERSIONS}; upgrade arrowdiff or re-export the model"
+                )
+            if pf.schema_arrow.names != SCHEMA.names:
+                raise WeightFormatError(f"{path}: columns {pf.schema_arrow.names} differ from {SCHEMA.names}")
+            rows = pf.read(columns=list(SMALL_COLUMNS), use_threads=False).to_pylist()  # tiny: no pool
+        except (pa.ArrowException, OSError) as e:
+            raise _corrupt(path, f"pyarrow cannot read it ({e})") from e
+        blobs = _Blobs(path, mm, fd, pf)
+        cells_of = []
+        for i, row in enumerate(rows):
+            sizes = _check_row(path, row)
+            try:
+                cells_of.append(
+                    [blobs.get(i, row["name"], c, n) for c, n in zip(BLOB_COLUMNS, sizes, strict=True)]
+                )
+            except (pa.ArrowException, OSError) as e:
+                raise _corrupt(path, f"pyarrow cannot read tensor {row['name']!r} ({e})") from e
     out: dict[str, StoredTensor] = {}
-    for i, row in enumerate(rows):
+    for row, cells in zip(rows, cells_of, strict=True):
         name = row["name"]
         if name in out:
             raise _corrupt(path, f"tensor {name!r} appears twice")
-        sizes = _check_row(path, row)
-        try:
-            cells = [blobs.get(i, name, c, n) for c, n in zip(BLOB_COLUMNS, sizes, strict=True)]
-        except (pa.ArrowException, OSError) as e:
-            raise _corrupt(path, f"pyarrow cannot read tensor {name!r} ({e})") from e
         st = StoredTensor(
             name, path, tuple(row["shape"]), row["dtype"], row["bits"], row["group_size"], row["method"],
             row["pad"], row["sha256"], all(z for _, z in cells), cells[0][0], cells[1][0], cells[2][0],

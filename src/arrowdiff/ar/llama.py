@@ -1,0 +1,219 @@
+"""A LLaMA-architecture causal language model with a preallocated KV cache.
+
+LLaMA (Touvron et al. 2023): pre-norm decoder blocks with RMSNorm (Zhang & Sennrich 2019), rotary position
+embeddings (RoPE, Su et al. 2021), grouped-query attention (GQA, Ainslie et al. 2023: ``n_kv_heads`` key/value
+heads shared by groups of query heads) and a SwiGLU feed-forward (Shazeer 2020). Written to load SmolLM2-135M
+(converted from its GGUF by :mod:`arrowdiff.ar.gguf_convert`) and tiny random configs for tests.
+
+Layout choices for CPU decode speed: the query/key/value projections are ONE linear (``wqkv``) and the gate/up
+projections ONE linear (``w13``), so a decode step runs 4 matmuls per block instead of 7. RoPE uses the
+"rotate half" convention of the Hugging Face checkpoints (llama.cpp's GGUF rows are un-permuted when
+converting).
+
+Notation: B batch, T new tokens, S cached + new positions, D width, H query heads, Hkv key/value heads,
+hd head width, F feed-forward width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from arrowdiff.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    """Architecture of a LLaMA-style model (saved as ``llama_config`` in metadata.json)."""
+
+    vocab_size: int = 49152  # V, rows of the token embedding
+    dim: int = 576  # D, residual width
+    n_layers: int = 30  # decoder blocks
+    n_heads: int = 9  # H, query heads
+    n_kv_heads: int = 3  # Hkv, key/value heads (GQA); n_heads must be a multiple
+    hidden_dim: int = 1536  # F, SwiGLU inner width
+    rope_theta: float = 100000.0  # RoPE frequency base (the GGUF's llama.rope.freq_base)
+    norm_eps: float = 1e-5  # RMSNorm epsilon
+    max_seq_len: int = 8192  # longest context (RoPE tables and the KV cache bound)
+    tie_embeddings: bool = True  # output projection shares the token embedding matrix
+    bos_id: int | None = 1  # tokenizer ids the checkpoint declares (None: none)
+    eos_id: int | None = 2
+
+    def __post_init__(self) -> None:
+        for f in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim", "max_seq_len"):
+            if not isinstance(getattr(self, f), int) or getattr(self, f) < 1:
+                raise ConfigError(f"LlamaConfig.{f}={getattr(self, f)!r} must be an integer >= 1")
+        if self.dim % self.n_heads or (self.dim // self.n_heads) % 2:
+            raise ConfigError(
+                f"LlamaConfig.dim={self.dim} must split over n_heads={self.n_heads} into an even head width"
+            )
+        if self.n_heads % self.n_kv_heads:
+            raise ConfigError(
+                f"LlamaConfig.n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads} (GQA)"
+            )
+        if not self.rope_theta > 0 or not self.norm_eps > 0:
+            raise ConfigError(f"rope_theta={self.rope_theta} and norm_eps={self.norm_eps} must be > 0")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LlamaConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown LlamaConfig keys {unknown}; allowed: {sorted(known)}")
+        return cls(**d)
+
+
+def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[Tensor, Tensor]:
+    """cos, sin (max_seq_len, head_dim) for the rotate-half convention, in fp32 as HF computes them."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    freqs = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)  # (S, hd/2)
+    emb = torch.cat([freqs, freqs], dim=-1)  # (S, hd)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate (B, heads, T, hd) by the angles in cos/sin (T, hd): x * cos + rotate_half(x) * sin."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+class KVCache:
+    """Per-layer key/value buffers (B, Hkv, max_len, hd), allocated once; ``length`` positions are filled."""
+
+    def __init__(self, cfg: LlamaConfig, batch: int, max_len: int, dtype: torch.dtype) -> None:
+        if max_len > cfg.max_seq_len:
+            raise ConfigError(f"cache length {max_len} exceeds the model's max_seq_len={cfg.max_seq_len}")
+        shape = (batch, cfg.n_kv_heads, max_len, cfg.head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.max_len = max_len
+        self.length = 0  # positions filled so far (== the next token's position)
+
+
+class Attention(nn.Module):
+    """Causal grouped-query self-attention with RoPE, reading and writing a KV cache when given one."""
+
+    def __init__(self, cfg: LlamaConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        q_dim, kv_dim = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+        self.split = (q_dim, kv_dim, kv_dim)
+        self.wqkv = nn.Linear(cfg.dim, q_dim + 2 * kv_dim, bias=False)
+        self.wo = nn.Linear(q_dim, cfg.dim, bias=False)
+
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, layer: int, cache: KVCache | None, start: int
+    ) -> Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.wqkv(x).split(self.split, dim=-1)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            cache.k[layer][:B, :, start : start + T] = k
+            cache.v[layer][:B, :, start : start + T] = v
+            k, v = cache.k[layer][:B, :, : start + T], cache.v[layer][:B, :, : start + T]  # (B, Hkv, S, hd)
+        S = k.shape[2]
+        mask, causal = None, False
+        if T > 1 and S == T:
+            causal = True
+        elif T > 1:  # new tokens after a cached prefix: row i sees positions <= start + i
+            mask = torch.arange(S) <= (start + torch.arange(T))[:, None]  # (T, S)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True)
+        return self.wo(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, D)
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(x W_gate) * x W_up), gate and up fused in ``w13``."""
+
+    def __init__(self, cfg: LlamaConfig) -> None:
+        super().__init__()
+        self.hidden_dim = cfg.hidden_dim
+        self.w13 = nn.Linear(cfg.dim, 2 * cfg.hidden_dim, bias=False)
+        self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.w13(x).split(self.hidden_dim, dim=-1)
+        return self.w2(F.silu(gate) * up)
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight (Zhang & Sennrich 2019), computed in fp32 and cast back."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: LlamaConfig) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = FeedForward(cfg)
+
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, layer: int, cache: KVCache | None, start: int
+    ) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, layer, cache, start)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class LlamaModel(nn.Module):
+    """Token ids (B, T) -> next-token logits (B, T, V); with a cache, T new tokens after ``cache.length``."""
+
+    def __init__(self, cfg: LlamaConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        # tied: logits = h E^T through the embedding itself (a loader may set a faster form here)
+        self.output: nn.Module | None = (
+            None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        )
+        cos, sin = rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.act_dtype = torch.float32  # activations' dtype; the loader sets bf16 for bf16/int4 compute
+
+    def new_cache(self, batch: int = 1, max_len: int | None = None) -> KVCache:
+        return KVCache(self.cfg, batch, max_len or self.cfg.max_seq_len, self.act_dtype)
+
+    def forward(self, ids: Tensor, cache: KVCache | None = None, last_only: bool = False) -> Tensor:
+        B, T = ids.shape
+        start = cache.length if cache is not None else 0
+        limit = cache.max_len if cache is not None else self.cfg.max_seq_len
+        if start + T > limit:
+            raise ConfigError(f"{start + T} positions exceed the context of {limit}; shorten the prompt")
+        dt = self.act_dtype
+        cos = self.rope_cos[start : start + T].to(dt)  # (T, hd)
+        sin = self.rope_sin[start : start + T].to(dt)
+        h = self.tok_embeddings(ids).to(dt)  # (B, T, D)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, cos, sin, i, cache, start)
+        if cache is not None:
+            cache.length = start + T
+        if last_only:
+            h = h[:, -1:]
+        h = self.norm(h)
+        if self.output is None:
+            return F.linear(h.float(), self.tok_embeddings.weight.float())  # (B, T or 1, V)
+        return self.output(h).float()  # (B, T or 1, V)
