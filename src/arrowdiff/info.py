@@ -68,12 +68,14 @@ def describe_model(path: str | os.PathLike[str] | None, as_json: bool = False) -
             f"{c['bytes'] / 1e6:>12.2f}  {bits}"
         )
     lines.append(f"{'total':<14}{s['total_parameters']:>14,}{'':>8}{s['total_bytes'] / 1e6:>12.2f}")
-    ok = "meets" if s["backbone_share_ok"] else "BELOW"
-    lines.append(
-        f"\nbackbone share {s['backbone_share']:.1%} ({ok} the R4.2 target of {BACKBONE_SHARE_TARGET:.0%})"
-    )
+    if "backbone" in s["components"]:  # unified diffusion models; LLaMA AR models have one component
+        ok = "meets" if s["backbone_share_ok"] else "BELOW"
+        share, goal = s["backbone_share"], BACKBONE_SHARE_TARGET
+        lines.append(f"\nbackbone share {share:.1%} ({ok} the R4.2 target of {goal:.0%})")
     t = s["training"]
-    if t.get("command"):
+    if t.get("command") and t.get("tokens_seen") is None:
+        lines.append(f"\nmade by      {t['command']}")
+    elif t.get("command"):
         lines.append(
             f"trained by   {t['command']}\n             {t['tokens_seen']:,} tokens, {t['steps']} steps, "
             f"seed {t['seed']}"

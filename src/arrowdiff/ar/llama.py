@@ -108,7 +108,6 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         q_dim, kv_dim = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
-        self.split = (q_dim, kv_dim, kv_dim)
         self.wqkv = nn.Linear(cfg.dim, q_dim + 2 * kv_dim, bias=False)
         self.wo = nn.Linear(q_dim, cfg.dim, bias=False)
 
@@ -116,11 +115,10 @@ class Attention(nn.Module):
         self, x: Tensor, cos: Tensor, sin: Tensor, layer: int, cache: KVCache | None, start: int
     ) -> Tensor:
         B, T, _ = x.shape
-        q, k, v = self.wqkv(x).split(self.split, dim=-1)
-        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
-        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
-        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        H, Hkv = self.n_heads, self.n_kv_heads
+        qkv = self.wqkv(x).view(B, T, H + 2 * Hkv, self.head_dim).transpose(1, 2)  # (B, H + 2Hkv, T, hd)
+        q, k = apply_rope(qkv[:, : H + Hkv], cos, sin).split([H, Hkv], dim=1)  # one rotation for q and k
+        v = qkv[:, H + Hkv :]  # (B, Hkv, T, hd)
         if cache is not None:
             cache.k[layer][:B, :, start : start + T] = k
             cache.v[layer][:B, :, start : start + T] = v
@@ -150,7 +148,8 @@ class FeedForward(nn.Module):
 
 
 class RMSNorm(nn.Module):
-    """x / rms(x) * weight (Zhang & Sennrich 2019), computed in fp32 and cast back."""
+    """x / rms(x) * weight (Zhang & Sennrich 2019) in one fused op, in the dtype of x (the loader keeps the
+    weight in the activations' dtype so that no cast runs per call)."""
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -158,7 +157,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
+        w = self.weight if self.weight.dtype == x.dtype else self.weight.to(x.dtype)
+        return F.rms_norm(x, (x.shape[-1],), w, self.eps)
 
 
 class Block(nn.Module):

@@ -27,7 +27,7 @@ import torch
 from tokenizers import Tokenizer
 
 from arrowdiff.ar.gguf_convert import COMPONENT, MODEL_TYPE, convert_gguf
-from arrowdiff.ar.llama import LlamaConfig, LlamaModel
+from arrowdiff.ar.llama import LlamaConfig, LlamaModel, RMSNorm
 from arrowdiff.errors import ConfigError, WeightFormatError
 from arrowdiff.weights import (
     QuantLinear,
@@ -149,6 +149,10 @@ def load_llama(path: str | os.PathLike[str] = SMOLLM2, compute: str = "auto") ->
         model.output = QuantLinear(head, None, "bf16" if compute != "int8" else "int8")
         model.act_dtype = torch.float32 if compute == "int8" else torch.bfloat16
     load_into(model, tensors, COMPONENT, p / meta["components"][COMPONENT])
+    if model.act_dtype != torch.float32:
+        for m in model.modules():
+            if isinstance(m, RMSNorm):
+                m.weight.data = m.weight.data.to(model.act_dtype)
     for m in model.modules():
         if isinstance(m, QuantLinear):
             m.materialize()  # convert once now, not inside the first request
