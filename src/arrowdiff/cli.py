@@ -90,6 +90,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_encode(args: argparse.Namespace) -> int:
     import json
+import os
 
     from arrowdiff import ArrowEngine
 
@@ -221,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     except ArrowDiffError as e:
         print(f"arrowdiff: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `arrowdiff info | head`: the reader left; not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("arrowdiff: interrupted", file=sys.stderr)
         return 130
