@@ -6,6 +6,7 @@ Every user error prints one line (``arrowdiff: error: ...``) and exits with stat
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -90,7 +91,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_encode(args: argparse.Namespace) -> int:
     import json
-import os
 
     from arrowdiff import ArrowEngine
 
