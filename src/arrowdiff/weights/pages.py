@@ -156,3 +156,64 @@ def locate_single_value(
     if n != expected_len or start + 4 + n > chunk_end:
         return None
     return ValueSpan(start + 4, n)
+
+
+def field_offset(buf: memoryview | bytes, field_id: int) -> int:
+    """Position of the header of the first field with id >= ``field_id`` in the top-level struct of
+    ``buf`` (or of its STOP byte): every byte before it encodes only the fields with smaller ids."""
+    pos, last = 0, 0
+    while True:
+        if pos >= len(buf):
+            raise ThriftError("struct runs past the end of the buffer")
+        head = buf[pos]
+        if head == 0:
+            return pos
+        delta, t = head >> 4, head & 0x0F
+        if delta:
+            fid, after = last + delta, pos + 1
+        else:
+            n, after = _varint(buf, pos + 1)
+            fid = _zigzag(n)
+        if fid >= field_id:
+            return pos
+        if t not in (_BOOL_TRUE, _BOOL_FALSE):
+            _, after = _value(buf, after, t, 0)
+        pos, last = after, fid
+
+
+def _varint_bytes(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def key_value_entry(key: str) -> bytes:
+    """The bytes that open a Parquet ``KeyValue`` struct for ``key`` in the compact protocol, up to the
+    value's length: field 1 (binary) header, key length, key, field 2 (binary) header."""
+    k = key.encode()
+    return bytes([0x10 | _BINARY]) + _varint_bytes(len(k)) + k + bytes([0x10 | _BINARY])
+
+
+def find_key_value(footer: bytes, entry: bytes) -> tuple[int, int, int] | None:
+    """Locate the LAST ``KeyValue`` opening with ``entry`` (see :func:`key_value_entry`) in a serialized
+    ``FileMetaData``: (entry start, value start, value end), or ``None`` when there is none or it is not
+    well formed (the value must be followed by the struct's STOP byte).
+
+    The key-value list (field 5) follows the row groups and precedes only ``created_by`` and the column
+    orders, so the last match is the list's own entry even if a tensor name in the statistics of the row
+    groups happened to contain the same bytes; callers also check where the match lies.
+    """
+    start = footer.rfind(entry)
+    if start < 0:
+        return None
+    try:
+        n, pos = _varint(footer, start + len(entry))
+    except ThriftError:
+        return None
+    end = pos + n
+    if end >= len(footer) or footer[end] != 0:  # STOP of the KeyValue struct
+        return None
+    return start, pos, end
