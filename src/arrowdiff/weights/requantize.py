@@ -3,21 +3,26 @@
 Every tensor is dequantized from the source file and stored again as the policy says; a tensor whose
 stored form already is what the policy asks for (same bits, group size and method, e.g. embeddings kept
 at 8 bits) is copied verbatim, so it is not rounded a second time.
+
+:func:`reindex_model_dir` rewrites a directory's component files in place with every tensor copied
+verbatim, so that files written before the index (FORMAT.md section 9) get one.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
-from arrowdiff.errors import ConfigError
+from arrowdiff.errors import ConfigError, WeightFormatError
 from arrowdiff.weights.model_dir import METADATA_FILE, load_model_dir, save_model_dir
-from arrowdiff.weights.parquet import StoredTensor
+from arrowdiff.weights.parquet import StoredTensor, fsync_dir, read_component, read_index, write_component
 from arrowdiff.weights.policy import QuantPolicy
 from arrowdiff.weights.quantize import FLOAT_BITS
 
@@ -89,3 +94,40 @@ def requantize_model_dir(src: Path, dst: Path, policy: QuantPolicy, progress: bo
             shutil.rmtree(dst, ignore_errors=True)
         raise
     return meta
+
+
+def _same_bytes(a: StoredTensor, b: StoredTensor) -> bool:
+    """Same settings, checksum and stored bytes (payload, scales, zeros)."""
+    fields = ("shape", "dtype", "bits", "group_size", "method", "pad", "sha256")
+    blobs = ("_payload", "_scales", "_zeros")
+    return all(getattr(a, f) == getattr(b, f) for f in fields) and all(
+        np.array_equal(getattr(a, f), getattr(b, f)) for f in blobs
+    )
+
+
+def reindex_model_dir(dir: Path) -> list[Path]:
+    """Rewrite every component file of the model in ``dir`` with the current writer, in place, copying
+    each tensor's stored bytes verbatim (so files get the section 9 index); ``metadata.json`` and the other
+    files are not touched. Every new file is written to a temporary folder inside ``dir`` first, read back
+    and compared with the old one tensor by tensor (names, order, settings, sha256 and bytes), and only
+    then renamed over it. Returns the rewritten files."""
+    dir = Path(dir)
+    model = load_model_dir(dir, verify=True)
+    work = dir / f".reindex-{os.getpid()}"
+    done = []
+    try:
+        for component, stored in model.components.items():
+            rel = model.metadata["components"][component]
+            new = work / rel
+            write_component(new, stored, QuantPolicy())  # StoredTensors are copied as stored
+            again = read_component(new, verify=True)
+            if list(again) != list(stored) or not all(_same_bytes(stored[k], again[k]) for k in stored):
+                raise WeightFormatError(f"{dir / rel}: rewriting changed its tensors; the file was kept")
+            if read_index(new) is None:
+                raise WeightFormatError(f"{dir / rel}: the rewritten file has no valid index; file kept")
+            os.replace(new, dir / rel)
+            fsync_dir((dir / rel).parent)
+            done.append(dir / rel)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return done
