@@ -224,3 +224,14 @@ def test_timesteps_bad_spacing_or_range() -> None:
         timesteps(4, "karras")
     with pytest.raises(ConfigError):
         timesteps(4, t_max=0.2, t_min=0.5)
+
+
+@pytest.mark.parametrize("name", ["loglinear", "cosine", "linear"])
+def test_nelbo_weight_is_a_constant_for_backprop(name: str) -> None:
+    """The weight enters the loss as a number: backpropagating through it twice must be possible."""
+    t = torch.tensor([0.3, 0.7])
+    w = nelbo_weight(get_mask_schedule(name), t)
+    assert not w.requires_grad
+    x = torch.ones(2, requires_grad=True)
+    (w * x).sum().backward()
+    torch.testing.assert_close(x.grad, w)

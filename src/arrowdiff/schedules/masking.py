@@ -84,7 +84,7 @@ def nelbo_weight(schedule: MaskSchedule, t: Tensor) -> Tensor:
         tt = t.detach().to(torch.float64).requires_grad_(True)
         m = schedule(tt)
         (dm,) = torch.autograd.grad(m.sum(), tt)
-    return (dm / m.clamp_min(1e-12)).to(t.dtype)
+    return (dm / m.detach().clamp_min(1e-12)).to(t.dtype)  # a constant weight: no graph into the loss
 
 
 def mask_tokens(
