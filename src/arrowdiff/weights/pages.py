@@ -3,6 +3,8 @@
 Parquet page headers are Thrift structs in the compact protocol (parquet-format ``parquet.thrift``,
 ``PageHeader``). We decode them with the small generic reader below and check every assumption the zero-copy
 view relies on (FORMAT.md section 6); any surprise returns ``None`` and the caller falls back to pyarrow.
+The footer helpers at the end find a key-value entry in a serialized ``FileMetaData`` without decoding it,
+and where its key-value list begins (FORMAT.md section 9, the tensor index).
 """
 
 from __future__ import annotations
