@@ -40,7 +40,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks
 
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest
 
 data: $(STAMP)
 	bash scripts/fetch_corpora.sh
