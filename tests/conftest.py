@@ -6,7 +6,6 @@ real pipeline (``train_tokenizer``, ``write_shard``, ``load_manifest``, ``arrowd
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 import torch
 
 from arrowdiff.tokenizer import TextTokenizer
-from arrowdiff.training.shards import FORMAT_VERSION, MANIFEST_NAME, load_manifest, write_shard
+from arrowdiff.training.shards import MANIFEST_NAME, load_manifest, manifest_header, write_shard
 from arrowdiff.training.tokenizer_train import train_tokenizer
 
 # Highly repetitive so that a 2-layer, width-32 model learns it in tens of steps.
@@ -62,13 +61,7 @@ def build_tiny_data(root: Path) -> Path:
                 "sha256": digest,
             }
     manifest = {
-        "format_version": FORMAT_VERSION,
-        "dtype": "uint16-le",
-        "tokenizer_file": "../tokenizer.json",
-        "tokenizer_sha256": hashlib.sha256(tok_path.read_bytes()).hexdigest(),
-        "vocab_size": tok.vocab_size,
-        "special_ids": {"pad": tok.pad_id, "mask": tok.mask_id, "eot": tok.eot_id},
-        "seed": 0,
+        **manifest_header(tok, tok_path, seed=0),
         "shards": shards,
         "sources": {"synthetic": {"modality": "text"}},
     }

@@ -29,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from arrowdiff.tokenizer import TextTokenizer
-from arrowdiff.training.shards import FORMAT_VERSION, MANIFEST_NAME, MODALITIES, SPLITS, write_shard
+from arrowdiff.training.shards import MANIFEST_NAME, MODALITIES, SPLITS, manifest_header, write_shard
 from arrowdiff.training.tokenizer_train import train_tokenizer
 
 Modality = Literal["text", "code"]
@@ -333,13 +333,7 @@ def build(
         }
     stdlib_root = stdlib_dir if stdlib_dir is not None else sysconfig.get_paths()["stdlib"]
     manifest = {
-        "format_version": FORMAT_VERSION,
-        "dtype": "uint16-le",
-        "tokenizer_file": "../tokenizer.json",
-        "tokenizer_sha256": hashlib.sha256(tok_path.read_bytes()).hexdigest(),
-        "vocab_size": tok.vocab_size,
-        "special_ids": {"pad": tok.pad_id, "mask": tok.mask_id, "eot": tok.eot_id},
-        "seed": seed,
+        **manifest_header(tok, tok_path, seed),
         "val_fraction": VAL_FRACTION,
         "min_chars": MIN_CHARS,
         "dropped": dropped,

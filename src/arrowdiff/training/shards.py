@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from arrowdiff.errors import WeightFormatError
+from arrowdiff.tokenizer import TextTokenizer
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -50,6 +51,19 @@ def write_shard(path: str | Path, docs_token_lists: Iterable[Sequence[int]], eot
             n_tokens += arr.size
     tmp.replace(path)
     return n_tokens, digest.hexdigest()
+
+
+def manifest_header(tokenizer: TextTokenizer, tokenizer_path: Path, seed: int) -> dict:
+    """The manifest fields every shard set carries: format, dtype and the tokenizer it was encoded with."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "dtype": "uint16-le",
+        "tokenizer_file": "../tokenizer.json",
+        "tokenizer_sha256": hashlib.sha256(Path(tokenizer_path).read_bytes()).hexdigest(),
+        "vocab_size": tokenizer.vocab_size,
+        "special_ids": {"pad": tokenizer.pad_id, "mask": tokenizer.mask_id, "eot": tokenizer.eot_id},
+        "seed": seed,
+    }
 
 
 def load_manifest(directory: str | Path) -> dict:
