@@ -83,7 +83,6 @@ def test_unknown_or_unsupported_modality(engine: ArrowEngine, modality: str) -> 
         {"guidance_scale": -1.0},
         {"guidance_scale": -1.0, "prompt": ""},  # no prompt: guidance is never applied, still invalid
         {"prompt": "", "suffix": ""},
-        {"memory_guided": True},
         {"temperature": -0.1},
         {"sampler": "euler"},
     ],

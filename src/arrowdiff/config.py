@@ -13,6 +13,9 @@ from arrowdiff.errors import ConfigError
 
 # Modality ids are part of the weight format: never renumber, only append.
 MODALITIES: tuple[str, ...] = ("text", "code", "image", "audio")
+# Conditioners a model may carry: each turns an external signal into cross-attention context tokens.
+CONDITIONERS: tuple[str, ...] = ("memory",)
+MEMORY_EMBED_DIM = 384  # MiniLM sentence embeddings key the memory store
 
 
 def modality_id(name: str) -> int:
@@ -108,15 +111,21 @@ class ModelConfig:
     schedule: ScheduleConfig = ScheduleConfig()
     objective: str = "mdlm"  # mdlm (masked diffusion) | ar (causal baseline, same backbone)
     modalities: tuple[str, ...] = ("text", "code")  # heads this model carries
+    conditioners: tuple[str, ...] = ()  # e.g. ("memory",): cross-attention conditioners it carries
 
     def __post_init__(self) -> None:
         _check(self.objective in ("mdlm", "ar"), f"objective={self.objective!r}: expected 'mdlm' or 'ar'")
         for m in self.modalities:
             modality_id(m)
+        for c in self.conditioners:
+            _check(
+                c in CONDITIONERS, f"conditioner {c!r} is unknown: expected one of {', '.join(CONDITIONERS)}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["modalities"] = list(self.modalities)
+        d["conditioners"] = list(self.conditioners)
         return d
 
     @classmethod
@@ -137,6 +146,7 @@ class ModelConfig:
             schedule=build(ScheduleConfig, d.get("schedule", {})),
             objective=d.get("objective", "mdlm"),
             modalities=tuple(d.get("modalities", ("text", "code"))),
+            conditioners=tuple(d.get("conditioners", ())),
         )
 
 

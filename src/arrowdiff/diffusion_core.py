@@ -40,6 +40,15 @@ def forbid_tokens(denoiser: Denoiser, token_ids: list[int]) -> Denoiser:
     return wrapped
 
 
+def with_cond(denoiser: Denoiser, cond: Cond) -> Denoiser:
+    """Bind a fixed conditioning (e.g. retrieved memories) to a denoiser."""
+
+    def wrapped(x_t: Tensor, t: Tensor, _: Cond | None = None) -> Tensor:
+        return denoiser(x_t, t, cond)
+
+    return wrapped
+
+
 def filter_denoiser(denoiser: Denoiser, top_k: int = 0, top_p: float = 1.0) -> Denoiser:
     """Wrap a denoiser so each position's token distribution is cut to its top-k / top-p (nucleus) set,
     exactly as the AR path filters next-token logits (R17.5: the parameters mean the same in both modes)."""
@@ -63,7 +72,8 @@ class SamplingOptions:
     # model (32 steps, 4 x 64 tokens): noise 1 -> distinct bigrams 0.48-0.54 (repetition), 3 -> 0.78.
     confidence_noise: float = 3.0
     spacing: str = "uniform"  # inference timestep spacing (R11.5)
-    guidance_scale: float = 1.0  # classifier-free guidance on the prompt: 1 = off, 0 = unconditioned
+    # classifier-free guidance: on the memories when memory-guided, else on the prompt. 1 = off, 0 = uncond.
+    guidance_scale: float = 1.0
     block_size: int = 0  # > 0: semi-autoregressive blocks of this many tokens
     top_k: int = 0  # keep the k most likely tokens per position (0 = all)
     top_p: float = 1.0  # keep the smallest set of tokens whose probability reaches top_p (1 = all)
@@ -104,8 +114,12 @@ class DiffusionCore:
         seed: int | None = None,
         batch: int = 1,
         progress: bool = False,
+        memory: Cond | None = None,
     ) -> Tensor:
-        """Token ids (batch, len(prefix) + length + len(suffix)); prefix and suffix are kept exactly."""
+        """Token ids (batch, len(prefix) + length + len(suffix)); prefix and suffix are kept exactly.
+
+        ``memory`` (a Cond carrying retrieved memory embeddings) steers generation; guidance then acts on
+        the memories (unconditioned = the same model with no memories)."""
         total = len(prefix) + length + len(suffix)
         if not isinstance(length, int) or length < 1:
             raise ConfigError(f"length={length!r} must be an integer >= 1")
@@ -119,7 +133,9 @@ class DiffusionCore:
         row = prefix + [mask_id] * length + suffix
         x = torch.tensor([row] * batch, dtype=torch.long)
         denoiser: Denoiser = MaskedDenoiser(self.model, modality)
-        if prefix and opts.guidance_scale != 1.0:
+        if memory is not None:
+            denoiser = classifier_free(with_cond(denoiser, memory), denoiser, opts.guidance_scale)
+        elif prefix and opts.guidance_scale != 1.0:
             fixed = torch.zeros_like(x, dtype=torch.bool)
             fixed[:, : len(prefix)] = True
             denoiser = classifier_free(
@@ -161,6 +177,7 @@ class DiffusionCore:
         seed: int | None = None,
         suffix: str | None = None,
         progress: bool = False,
+        memory: Cond | None = None,
     ) -> str:
         """The generated middle as text: after ``prompt`` (and before ``suffix`` when infilling).
 
@@ -169,7 +186,9 @@ class DiffusionCore:
             raise ConfigError("infilling needs a non-empty prefix or suffix; give --prompt and/or --suffix")
         prefix_ids = self.tokenizer.encode(prompt) if prompt else []
         suffix_ids = self.tokenizer.encode(suffix) if suffix else []
-        ids = self.sample_ids(prefix_ids, length, suffix_ids, modality, opts, seed, progress=progress)[0]
+        ids = self.sample_ids(
+            prefix_ids, length, suffix_ids, modality, opts, seed, progress=progress, memory=memory
+        )[0]
         middle = ids[len(prefix_ids) : len(prefix_ids) + length].tolist()
         if suffix is None and self.tokenizer.eot_id in middle:
             middle = middle[: middle.index(self.tokenizer.eot_id)]

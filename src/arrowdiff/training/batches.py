@@ -27,15 +27,17 @@ class ShardSampler:
     seq_len: int
     code_frac: float = 0.4
 
-    def batch(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, list[str]]:
+    def batch(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, list[str], list[int]]:
+        """Token windows (B, seq_len), the modality of each row, and each window's start in its stream."""
         is_code = torch.rand(batch_size, generator=generator) < self.code_frac
-        rows, names = [], []
+        rows, names, starts = [], [], []
         for c in is_code.tolist():
             stream = self.code if c else self.text
             start = int(torch.randint(0, len(stream) - self.seq_len, (1,), generator=generator))
             rows.append(np.asarray(stream[start : start + self.seq_len], dtype=np.int64))
             names.append("code" if c else "text")
-        return torch.from_numpy(np.stack(rows)), names
+            starts.append(start)
+        return torch.from_numpy(np.stack(rows)), names, starts
 
 
 def fixed_windows(stream: np.ndarray, seq_len: int, max_windows: int) -> Tensor:

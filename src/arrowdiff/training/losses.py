@@ -46,16 +46,21 @@ def mdlm_loss(
     generator: torch.Generator | None = None,
     t: Tensor | None = None,
     mask_id: int | None = None,
+    memory: Tensor | None = None,
+    memory_mask: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """NELBO in nats per token for a batch of clean tokens x0 (B, T).
 
     ``mask_id`` defaults to ``model.cfg.text.mask_id``; pass it when ``model`` is a wrapper (DDP) that
-    does not expose ``cfg``."""
+    does not expose ``cfg``. ``memory`` (B, K, 384) + ``memory_mask`` condition each row on memories."""
     B, T = x0.shape
     mask_id = model.cfg.text.mask_id if mask_id is None else mask_id
     t = low_discrepancy_times(B, eps, generator, x0.device) if t is None else t
     x_t, is_masked = mask_tokens(x0, t, schedule, mask_id, generator)
-    logits = model(x_t, t, modalities)
+    if memory is None:
+        logits = model(x_t, t, modalities)
+    else:
+        logits = model(x_t, t, modalities, memory=memory, memory_mask=memory_mask)
     nll = masked_nll(logits, x0, mask_id)  # (B, T)
     w = nelbo_weight(schedule, t).to(nll.dtype)  # (B,)
     per_seq = (nll * is_masked).sum(-1)  # (B,)

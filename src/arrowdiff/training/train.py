@@ -29,6 +29,7 @@ from arrowdiff.schedules import get_mask_schedule
 from arrowdiff.training.batches import ShardSampler, fixed_windows, step_generator
 from arrowdiff.training.checkpoint import load_checkpoint, save_checkpoint
 from arrowdiff.training.losses import ar_loss, mdlm_loss
+from arrowdiff.training.memory_data import MemorySet, memory_batch
 from arrowdiff.training.shards import load_manifest, open_shard
 
 
@@ -71,6 +72,16 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
         default=0,
         help="checkpoint and stop at this step (the LR schedule still spans --steps); resume later",
     )
+    p.add_argument(
+        "--memory",
+        default=None,
+        help="memory-guided training: a directory from `python -m arrowdiff.training.memory_data`; each "
+        "text window is conditioned on MiniLM embeddings of other chunks of its document",
+    )
+    p.add_argument("--memory-k", type=int, default=4, help="at most this many memories per window")
+    p.add_argument(
+        "--cond-dropout", type=float, default=0.2, help="share of windows trained without memories (CFG)"
+    )
     p.add_argument("--no-export", action="store_true", help="skip writing <out>/model at the end")
     p.add_argument("--export-bits", type=int, default=16, help="bit width of the exported model")
     return p
@@ -101,26 +112,51 @@ def init_weights(model: UnifiedModel, path: str) -> None:
         raise ConfigError(
             f"--init-from {path}: its architecture differs from --preset; use the matching preset"
         )
-    model.load_state_dict(source.state_dict())
+    # conditioners the source lacks (e.g. memory, added by this run) keep their fresh initialisation
+    new = {f"conditioners.{c}." for c in model.conditioners if c not in source.conditioners}
+    missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
+    if unexpected or any(not any(k.startswith(n) for n in new) for k in missing):
+        raise ConfigError(f"--init-from {path}: tensors do not match (missing {missing}, extra {unexpected})")
 
 
 def make_model_config(args: argparse.Namespace, vocab_size: int) -> ModelConfig:
     cfg = get_preset(args.preset, vocab_size)
-    return replace(cfg, objective=args.objective, schedule=replace(cfg.schedule, discrete=args.schedule))
+    return replace(
+        cfg,
+        objective=args.objective,
+        schedule=replace(cfg.schedule, discrete=args.schedule),
+        conditioners=("memory",) if getattr(args, "memory", None) else (),
+    )
 
 
 @torch.no_grad()
 def evaluate(
-    model: UnifiedModel, windows: dict[str, torch.Tensor], args: argparse.Namespace
+    model: UnifiedModel,
+    windows: dict[str, torch.Tensor],
+    args: argparse.Namespace,
+    memory_sets: dict[str, MemorySet] | None = None,
 ) -> dict[str, float]:
-    """Validation loss per modality: NELBO (mdlm, fixed t grid) or next-token CE (ar), nats/token."""
+    """Validation loss per modality: NELBO (mdlm, fixed t grid) or next-token CE (ar), nats/token.
+
+    With ``memory_sets`` (validation memories) also ``val_<m>_memory``: the same windows conditioned on
+    memories of their document, so the gap to ``val_<m>`` is what memory guidance buys."""
     model.eval()
     schedule = get_mask_schedule(model.cfg.schedule.discrete)
     out = {}
-    for name, x in windows.items():
+    jobs = [(name, x, False) for name, x in windows.items()]
+    jobs += [(name, windows[name], True) for name in (memory_sets or {}) if name in windows]
+    for name, x, with_memory in jobs:
         total, n = 0.0, 0
         for i in range(0, len(x), 16):
             xb = x[i : i + 16].to(args.device)
+            mem: dict[str, torch.Tensor] = {}
+            if with_memory:
+                starts = [(i + j) * x.shape[1] for j in range(len(xb))]
+                gen = step_generator(args.seed, i, stream=8)
+                m, mm = memory_batch(
+                    memory_sets, starts, [name] * len(xb), x.shape[1], args.memory_k, 0.0, gen
+                )
+                mem = {"memory": m.to(args.device), "memory_mask": mm.to(args.device)}
             with torch.autocast(xb.device.type, dtype=torch.bfloat16, enabled=args.bf16):
                 if model.cfg.objective == "ar":
                     loss, _ = ar_loss(model, xb, name)
@@ -132,9 +168,10 @@ def evaluate(
                         schedule,
                         model.cfg.schedule.eps,
                         generator=step_generator(args.seed, i, stream=7),
+                        **mem,
                     )
             total, n = total + loss.item() * len(xb), n + len(xb)
-        out[f"val_{name}"] = total / max(n, 1)
+        out[f"val_{name}" + ("_memory" if with_memory else "")] = total / max(n, 1)
     model.train()
     return out
 
@@ -192,6 +229,14 @@ def train(args: argparse.Namespace) -> Path:
         for m in ("text", "code")
     }
     schedule = get_mask_schedule(args.schedule)
+    memory_sets: dict[str, MemorySet] = {}
+    val_memory: dict[str, MemorySet] | None = None
+    if args.memory:
+        eot = int(manifest["special_ids"]["eot"])
+        memory_sets = {"text": MemorySet.load(args.memory, "train", "text", sampler.text, eot)}
+        val_memory = {
+            "text": MemorySet.load(args.memory, "val", "text", open_shard(data, "val", "text"), eot)
+        }
     local_bs = args.batch_size // world
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -212,14 +257,20 @@ def train(args: argparse.Namespace) -> Path:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args)
         gen = step_generator(args.seed, step, rank)
-        x0, names = sampler.batch(local_bs, gen)
+        x0, names, starts = sampler.batch(local_bs, gen)
         x0 = x0.to(args.device)
+        mem: dict[str, torch.Tensor] = {}
+        if memory_sets:
+            m, mm = memory_batch(
+                memory_sets, starts, names, x0.shape[1], args.memory_k, args.cond_dropout, gen
+            )
+            mem = {"memory": m.to(args.device), "memory_mask": mm.to(args.device)}
         with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=args.bf16):
             if args.objective == "ar":
                 loss, stats = ar_loss(fwd_model, x0, names)
             else:
                 loss, stats = mdlm_loss(
-                    fwd_model, x0, names, schedule, cfg.schedule.eps, generator=gen, mask_id=cfg.text.mask_id
+                    fwd_model, x0, names, schedule, cfg.schedule.eps, gen, mask_id=cfg.text.mask_id, **mem
                 )
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -236,7 +287,7 @@ def train(args: argparse.Namespace) -> Path:
                 "elapsed_s": round(elapsed + time.perf_counter() - t0, 3),
             }
             if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
-                rec.update(evaluate(model, val, args))
+                rec.update(evaluate(model, val, args, val_memory))
                 tqdm.write(json.dumps(rec))
             log.write(json.dumps(rec) + "\n")
             stopping = args.stop_at and step + 1 >= args.stop_at
@@ -272,6 +323,12 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(argv)
     if args.steps < 1 or math.isnan(args.lr):
         raise ConfigError(f"--steps {args.steps} must be >= 1")
+    if args.memory and args.objective != "mdlm":
+        raise ConfigError("--memory trains memory-guided masked diffusion: use it with --objective mdlm")
+    if not 1 <= args.memory_k <= 64 or not 0.0 <= args.cond_dropout < 1.0:
+        raise ConfigError(
+            f"--memory-k {args.memory_k} must be in [1, 64] and --cond-dropout {args.cond_dropout} in [0, 1)"
+        )
     train(args)
     return 0
 
