@@ -10,7 +10,7 @@ window itself, so the network learns topical steering rather than copying.
 Layout of a memory directory (beside the token shards it was built from)::
 
     {split}_{modality}_chunks.npy   int64 (N, 3): token offset in the shard, length, document index
-    {split}_{modality}_emb.npy      int8 (N, 384): unit-norm MiniLM embeddings x 127 (cosine to the original > 0.998)
+    {split}_{modality}_emb.npy      int8 (N, 384): unit-norm MiniLM embeddings x 127 (cosine > 0.998)
     manifest.json                   chunk counts, encoder, seed, the shard manifest's sha256s
 
 Plain ``.npy`` arrays, loaded with ``allow_pickle=False``.
