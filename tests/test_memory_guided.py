@@ -138,6 +138,16 @@ def test_memory_windows_come_from_the_same_document_and_never_overlap(
         doc = np.searchsorted(bounds[:, 0], start + 16, side="right") - 1
         for off, n, d in mset.chunks[idx].tolist():
             assert d == doc and (off + n <= start or off >= start + 32)
+    starts = list(range(0, len(stream) - 32, 23))
+    ctx, mask = memory_batch({"text": mset}, starts, ["text"] * len(starts), 32, 4, 0.0, gen)
+    for row, start in enumerate(starts):
+        doc = np.searchsorted(bounds[:, 0], start + 16, side="right") - 1
+        ok = (mset.chunks[:, 2] == doc) & (
+            (mset.chunks[:, 0] + mset.chunks[:, 1] <= start) | (mset.chunks[:, 0] >= start + 32)
+        )
+        for emb in ctx[row, mask[row]].numpy():  # every memory is an allowed chunk of the same document
+            assert np.abs(mset.emb[ok] - emb).max(axis=1).min() < 1e-6
+    assert mask.any(1).float().mean() > 0.9 and (mask.sum(1) > 1).any()
     ctx, mask = memory_batch({"text": mset}, [0, 40, 80], ["text", "code", "text"], 32, 4, 0.0, gen)
     assert ctx.shape == (3, 4, 384) and not mask[1].any() and mask[0].any()
     _, dropped = memory_batch({"text": mset}, [0, 40], ["text", "text"], 32, 4, 1.0, gen)

@@ -126,9 +126,13 @@ def hash_name(name: str) -> int:
 class MemorySet:
     """Chunks and embeddings of one (split, modality), indexed by document for fast lookup."""
 
-    chunks: np.ndarray  # (N, 3) offset, length, doc
+    chunks: np.ndarray  # (N, 3) offset, length, doc (sorted by doc)
     emb: np.ndarray  # (N, 384) float32 unit norm
     doc_starts: np.ndarray  # (D,) start offset of every document of the shard
+
+    def __post_init__(self) -> None:
+        docs = np.arange(len(self.doc_starts) + 1)
+        self._first = np.searchsorted(self.chunks[:, 2], docs)  # chunks of doc d: [_first[d], _first[d+1])
 
     @classmethod
     def load(cls, memory_dir: str | Path, split: str, modality: str, stream: np.ndarray, eot_id: int):
@@ -151,8 +155,7 @@ class MemorySet:
         """Indices of up to ``k_max`` chunks of the document holding the window's midpoint, none
         overlapping [start, start+length)."""
         doc = int(np.searchsorted(self.doc_starts, start + length // 2, side="right") - 1)
-        lo, hi = np.searchsorted(self.chunks[:, 2], [doc, doc + 1])
-        cand = np.arange(lo, hi)
+        cand = np.arange(self._first[doc], self._first[doc + 1])
         off, n = self.chunks[cand, 0], self.chunks[cand, 1]
         cand = cand[(off + n <= start) | (off >= start + length)]
         if len(cand) == 0:
@@ -173,19 +176,40 @@ def memory_batch(
 ) -> tuple[Tensor, Tensor]:
     """Memory context for a batch of windows: embeddings (B, k_max, 384) and mask (B, k_max).
 
-    Rows of a modality without memories, and a ``dropout`` share of the others (condition dropout, so the
-    same network runs unconditioned and supports classifier-free guidance), get no memories."""
+    Each row gets 1..k_max chunks (uniform count, random choice) of the document holding its window's
+    midpoint, never overlapping the window. Rows of a modality without memories, and a ``dropout`` share
+    of the others (condition dropout, so the same network runs unconditioned and supports classifier-free
+    guidance), get none. Vectorised: a few milliseconds for 256 rows."""
     B = len(starts)
     ctx = torch.zeros(B, k_max, 384)
     mask = torch.zeros(B, k_max, dtype=torch.bool)
-    drop = (torch.rand(B, generator=generator) < dropout).tolist()
-    for i, (s, m) in enumerate(zip(starts, names, strict=True)):
-        if m not in sets or drop[i]:
+    rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
+    keep = rng.random(B) >= dropout
+    names_arr = np.asarray(names)
+    for m, mset in sets.items():
+        rows = np.flatnonzero((names_arr == m) & keep)
+        if len(rows) == 0:
             continue
-        idx = sets[m].memories_for(s, length, k_max, generator)
-        if len(idx):
-            ctx[i, : len(idx)] = torch.from_numpy(sets[m].emb[idx])
-            mask[i, : len(idx)] = True
+        s = np.asarray(starts, dtype=np.int64)[rows]
+        doc = np.searchsorted(mset.doc_starts, s + length // 2, side="right") - 1
+        lo, hi = mset._first[doc], mset._first[doc + 1]
+        width = int((hi - lo).max(initial=0))
+        if width == 0:
+            continue
+        cand = lo[:, None] + np.arange(width)[None, :]  # (R, W) chunk indices, valid where < hi
+        valid = cand < hi[:, None]
+        cand = np.where(valid, cand, 0)
+        off, n = mset.chunks[cand, 0], mset.chunks[cand, 1]
+        valid &= (off + n <= s[:, None]) | (off >= s[:, None] + length)
+        keys = np.where(valid, rng.random(cand.shape), np.inf)
+        order = np.argsort(keys, axis=1)[:, :k_max]  # valid candidates first, in random order
+        chosen = np.take_along_axis(cand, order, 1)
+        ok = np.take_along_axis(valid, order, 1)
+        k = rng.integers(1, k_max + 1, size=len(rows))
+        ok &= np.arange(order.shape[1])[None, :] < k[:, None]
+        cols = order.shape[1]
+        ctx[rows, :cols] = torch.from_numpy(mset.emb[chosen] * ok[..., None])
+        mask[rows, :cols] = torch.from_numpy(ok)
     return ctx, mask
 
 
