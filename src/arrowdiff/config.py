@@ -14,7 +14,7 @@ from arrowdiff.errors import ConfigError
 # Modality ids are part of the weight format: never renumber, only append.
 MODALITIES: tuple[str, ...] = ("text", "code", "image", "audio")
 # Conditioners a model may carry: each turns an external signal into cross-attention context tokens.
-CONDITIONERS: tuple[str, ...] = ("memory",)
+CONDITIONERS: tuple[str, ...] = ("memory", "caption")
 MEMORY_EMBED_DIM = 384  # MiniLM sentence embeddings key the memory store
 
 
@@ -77,6 +77,28 @@ class TextHeadConfig:
 
 
 @dataclass(frozen=True)
+class ImageHeadConfig:
+    """Image head over VAE latents: patch size, latent channels and the training latent size."""
+
+    latent_channels: int = 4  # channels of the VAE latent
+    patch: int = 1  # p x p latent patches per backbone token
+    latent_size: int = 8  # h = w of training latents (64x64 pixels through an 8x VAE)
+    downsample: int = 8  # VAE pixel/latent ratio (pixels = latent_size * downsample)
+
+    def __post_init__(self) -> None:
+        for f in ("latent_channels", "patch", "latent_size", "downsample"):
+            _check(getattr(self, f) >= 1, f"ImageHeadConfig.{f}={getattr(self, f)} must be >= 1")
+        _check(
+            self.latent_size % self.patch == 0,
+            f"ImageHeadConfig.latent_size={self.latent_size} must be a multiple of patch={self.patch}",
+        )
+
+    @property
+    def image_size(self) -> int:
+        return self.latent_size * self.downsample
+
+
+@dataclass(frozen=True)
 class ScheduleConfig:
     """Noise schedule used in training and, by default, in sampling (R11, R15.3)."""
 
@@ -108,6 +130,7 @@ class ModelConfig:
 
     backbone: BackboneConfig = BackboneConfig()
     text: TextHeadConfig = TextHeadConfig()
+    image: ImageHeadConfig = ImageHeadConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     objective: str = "mdlm"  # mdlm (masked diffusion) | ar (causal baseline, same backbone)
     modalities: tuple[str, ...] = ("text", "code")  # heads this model carries
@@ -143,6 +166,7 @@ class ModelConfig:
         return cls(
             backbone=build(BackboneConfig, d.get("backbone", {})),
             text=build(TextHeadConfig, d.get("text", {})),
+            image=build(ImageHeadConfig, d.get("image", {})),
             schedule=build(ScheduleConfig, d.get("schedule", {})),
             objective=d.get("objective", "mdlm"),
             modalities=tuple(d.get("modalities", ("text", "code"))),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -11,7 +12,9 @@ from arrowdiff.config import MEMORY_EMBED_DIM, ModelConfig, modality_id
 from arrowdiff.errors import ModalityError
 from arrowdiff.network.backbone import SharedTransformer, count_parameters
 from arrowdiff.network.conditioning import MemoryProjection
-from arrowdiff.network.heads import TokenHead, get_head_builder
+from arrowdiff.network.heads import get_head_builder
+
+TOKEN_MODALITIES = ("text", "code")
 
 
 class UnifiedModel(nn.Module):
@@ -25,24 +28,28 @@ class UnifiedModel(nn.Module):
         self.heads = nn.ModuleDict()
         text = get_head_builder("text")(cfg.text, cfg.backbone.dim)
         for m in cfg.modalities:
-            self.heads[m] = (
-                text if m == "text" else get_head_builder(m)(cfg.text, cfg.backbone.dim, shared=text)
-            )
-        self.conditioners = nn.ModuleDict()
-        if "memory" in cfg.conditioners:
-            self.conditioners["memory"] = MemoryProjection(MEMORY_EMBED_DIM, cfg.backbone.cond_dim)
+            if m == "text":
+                self.heads[m] = text
+            elif m in TOKEN_MODALITIES:
+                self.heads[m] = get_head_builder(m)(cfg.text, cfg.backbone.dim, shared=text)
+            else:
+                self.heads[m] = get_head_builder(m)(getattr(cfg, m), cfg.backbone.dim)
+        # memories and captions both arrive as MiniLM sentence embeddings; each has its own projection
+        self.conditioners = nn.ModuleDict(
+            {c: MemoryProjection(MEMORY_EMBED_DIM, cfg.backbone.cond_dim) for c in cfg.conditioners}
+        )
 
     @property
     def causal(self) -> bool:
         return self.cfg.objective == "ar"
 
-    def head(self, modality: str) -> TokenHead:
+    def head(self, modality: str) -> Any:
         if modality not in self.heads:
             raise ModalityError(
                 f"modality {modality!r} is not supported by this model: it has heads for "
                 f"{', '.join(self.heads)}"
             )
-        return self.heads[modality]  # type: ignore[return-value]
+        return self.heads[modality]
 
     def forward(
         self,
@@ -54,14 +61,26 @@ class UnifiedModel(nn.Module):
         residuals: Sequence[Tensor] | None = None,
         memory: Tensor | None = None,
         memory_mask: Tensor | None = None,
+        caption: Tensor | None = None,
+        caption_mask: Tensor | None = None,
     ) -> Tensor:
         """tokens (B, T) ids, t (B,) times, one modality name per row (or one for all) -> logits (B, T, V).
+        A floating-point ``tokens`` is a latent (B, C, h, w) of one continuous modality: see
+        :meth:`forward_latent` (this dispatch lets DDP wrap both paths).
 
         ``memory`` (B, K, 384) embeddings with ``memory_mask`` (B, K) go through the memory conditioner
         into cross-attention; a model with a memory conditioner given no memories attends to its null
         token (the unconditioned model of classifier-free guidance)."""
+        if tokens.is_floating_point():
+            if not isinstance(modalities, str):
+                raise ModalityError("a latent batch belongs to one continuous modality; pass its name")
+            return self.forward_latent(
+                tokens, t, modalities, caption, caption_mask, memory, memory_mask, residuals
+            )
         B, T = tokens.shape
-        context, context_mask = self._context(B, context, context_mask, memory, memory_mask)
+        context, context_mask = self._context(
+            B, context, context_mask, memory, memory_mask, caption, caption_mask
+        )
         names = [modalities] * B if isinstance(modalities, str) else list(modalities)
         groups: dict[str, list[int]] = {}
         for i, m in enumerate(names):
@@ -93,19 +112,54 @@ class UnifiedModel(nn.Module):
         context_mask: Tensor | None,
         memory: Tensor | None,
         memory_mask: Tensor | None,
+        caption: Tensor | None = None,
+        caption_mask: Tensor | None = None,
     ) -> tuple[Tensor | None, Tensor | None]:
-        if "memory" not in self.conditioners:
-            if memory is not None:
-                raise ModalityError(
-                    "this model has no memory conditioner: it was not trained for memory-guided generation"
-                )
-            return context, context_mask
-        mem, mem_mask = self.conditioners["memory"](memory, memory_mask, batch)
-        if context is None:
-            return mem, mem_mask
-        if context_mask is None:
-            context_mask = torch.ones(context.shape[:2], dtype=torch.bool, device=context.device)
-        return torch.cat([mem, context.to(mem.dtype)], 1), torch.cat([mem_mask, context_mask], 1)
+        """Cross-attention context: every conditioner's tokens (its null token when its signal is absent),
+        then any raw ``context``."""
+        signals = {"memory": (memory, memory_mask), "caption": (caption, caption_mask)}
+        parts, masks = [], []
+        for name, (emb, mask) in signals.items():
+            if name not in self.conditioners:
+                if emb is not None:
+                    raise ModalityError(
+                        f"this model has no {name} conditioner: it was not trained with {name} "
+                        + ("(memory-guided generation)" if name == "memory" else "conditioning")
+                    )
+                continue
+            ctx, m = self.conditioners[name](emb, mask, batch)
+            parts.append(ctx)
+            masks.append(m)
+        if context is not None:
+            parts.append(context if not parts else context.to(parts[0].dtype))
+            cm = context_mask
+            masks.append(
+                torch.ones(context.shape[:2], dtype=torch.bool, device=context.device) if cm is None else cm
+            )
+        if not parts:
+            return None, None
+        return torch.cat(parts, 1), torch.cat(masks, 1)
+
+    def forward_latent(
+        self,
+        x: Tensor,
+        t: Tensor,
+        modality: str = "image",
+        caption: Tensor | None = None,
+        caption_mask: Tensor | None = None,
+        memory: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+        residuals: Sequence[Tensor] | None = None,
+    ) -> Tensor:
+        """Continuous modalities: latent (B, C, h, w) at times t (B,) -> the head's prediction (velocity),
+        same shape. ``caption`` (B, K, 384) MiniLM embeddings condition through cross-attention."""
+        head = self.head(modality)
+        B = x.shape[0]
+        tokens = head.embed(x)
+        mod = torch.full(tokens.shape[:2], modality_id(modality), dtype=torch.long, device=x.device)
+        ctx, ctx_mask = self._context(B, None, None, memory, memory_mask, caption, caption_mask)
+        h = self.backbone(tokens, t, mod, ctx, ctx_mask, residuals, causal=False)
+        return head.project(h, (x.shape[2], x.shape[3]))
 
     def components(self) -> dict[str, nn.Module]:
         """Every stored component by name: 'backbone', 'heads/<modality>', 'conditioners/<name>'."""

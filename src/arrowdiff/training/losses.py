@@ -80,3 +80,32 @@ def ar_loss(
     logits = model(x0[:, :-1], t, modalities)
     loss = F.cross_entropy(logits.float().transpose(1, 2), x0[:, 1:])
     return loss, {"ce": loss.item()}
+
+
+def logit_normal_times(
+    batch: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+) -> Tensor:
+    """t = sigmoid(n), n ~ N(0, 1): the logit-normal time density of SD3 (Esser et al. 2024), which
+    spends training on the middle of the path where the velocity is hardest to predict."""
+    return torch.sigmoid(torch.randn(batch, generator=generator)).clamp(1e-4, 1 - 1e-4).to(device)
+
+
+def flow_loss(
+    model: UnifiedModel,
+    x0: Tensor,
+    modality: str = "image",
+    generator: torch.Generator | None = None,
+    caption: Tensor | None = None,
+    caption_mask: Tensor | None = None,
+    t: Tensor | None = None,
+) -> tuple[Tensor, dict[str, float]]:
+    """Conditional flow matching (Lipman et al. 2023) on latents x0 (B, C, h, w): mean squared error of
+    the predicted velocity against eps - x0 at x_t = (1 - t) x0 + t eps."""
+    B = x0.shape[0]
+    t = logit_normal_times(B, generator, x0.device) if t is None else t
+    eps = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
+    tt = t.view(-1, 1, 1, 1).to(x0.dtype)
+    x_t = (1 - tt) * x0 + tt * eps
+    v = model(x_t, t, modality, caption=caption, caption_mask=caption_mask)  # a latent: the image path
+    loss = F.mse_loss(v.float(), (eps - x0).float())
+    return loss, {"flow_mse": loss.item()}

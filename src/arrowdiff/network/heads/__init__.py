@@ -7,6 +7,15 @@ from arrowdiff.network.heads.base import (
     get_head_builder,
     register_head,
 )
+from arrowdiff.network.heads.image import ImageHead
 from arrowdiff.network.heads.text import TokenHead
 
-__all__ = ["HEAD_BUILDERS", "HEAD_PARAM_LIMIT", "Head", "TokenHead", "get_head_builder", "register_head"]
+__all__ = [
+    "HEAD_BUILDERS",
+    "HEAD_PARAM_LIMIT",
+    "Head",
+    "ImageHead",
+    "TokenHead",
+    "get_head_builder",
+    "register_head",
+]
