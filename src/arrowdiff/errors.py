@@ -16,3 +16,8 @@ class WeightFormatError(ArrowDiffError):
 
 class ModalityError(ArrowDiffError, ValueError):
     """A modality the model does not support was requested."""
+
+
+class StorageError(ArrowDiffError):
+    """The memory store (ArrowStorage) cannot do what was asked: unknown id, damaged or foreign files,
+    a store written with another embedding size or by a newer format version."""
