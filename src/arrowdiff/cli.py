@@ -209,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_quantize)
 
     sub.add_parser("train", help="train a model (see `arrowdiff train --help`)", add_help=False)
+    sub.add_parser("memory", help="the memory store: add, search, list, delete (see `arrowdiff memory -h`)")
     return p
 
 
@@ -217,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv and argv[0] == "train":  # the training parser owns all of its flags
             return cmd_train(argparse.Namespace(), argv[1:])
+        if argv and argv[0] == "memory":  # so does the memory store's
+            from arrowdiff.memory.cli_memory import main as memory_main
+
+            return memory_main(argv[1:])
         args = build_parser().parse_args(argv)
         return int(args.func(args))
     except ArrowDiffError as e:
