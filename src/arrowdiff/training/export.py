@@ -11,7 +11,7 @@ from typing import Any
 
 from arrowdiff.config import ModelConfig
 from arrowdiff.network.model import UnifiedModel, backbone_share
-from arrowdiff.weights import QuantPolicy, save_model_dir
+from arrowdiff.weights import QuantPolicy, load_model_dir, save_model_dir
 
 
 def model_metadata(cfg: ModelConfig, model: UnifiedModel, training: dict[str, Any]) -> dict[str, Any]:
@@ -50,12 +50,36 @@ def model_metadata(cfg: ModelConfig, model: UnifiedModel, training: dict[str, An
 
 
 def export_model(
-    model: UnifiedModel, tokenizer_path: Path, out_dir: Path, training: dict[str, Any], policy: QuantPolicy
+    model: UnifiedModel,
+    tokenizer_path: Path,
+    out_dir: Path,
+    training: dict[str, Any],
+    policy: QuantPolicy,
+    vae_dir: Path | None = None,
 ) -> Path:
-    """Save weights (through ArrowQuant with ``policy``), metadata.json and the tokenizer to ``out_dir``."""
+    """Save weights (through ArrowQuant with ``policy``), metadata.json and the tokenizer to ``out_dir``.
+
+    ``vae_dir``: the VAE the image head's latents come from joins the directory as component ``vae``
+    (its convolutions kept at 16 bits)."""
     model = model.float().cpu()
     out_dir = Path(out_dir)
-    save_model_dir(out_dir, model.component_state_dicts(), model_metadata(model.cfg, model, training), policy)
+    components = model.component_state_dicts()
+    meta = model_metadata(model.cfg, model, training)
+    if vae_dir is not None:
+        from arrowdiff.image.vae_io import VAE_COMPONENT, load_vae, vae_metadata, vae_state_dict
+
+        vae = load_vae(vae_dir)
+        components[VAE_COMPONENT] = vae_state_dict(vae)
+        vmeta = vae_metadata(vae, load_model_dir(vae_dir).metadata.get("training"))
+        meta["vae_config"], meta["vae"] = vmeta["vae_config"], {**vmeta["vae"], "training": vmeta["training"]}
+        policy = QuantPolicy(
+            bits=policy.bits,
+            group_size=policy.group_size,
+            method=policy.method,
+            vector_bits=policy.vector_bits,
+            keep=(*policy.keep, ("encoder.*", 16), ("decoder.*", 16)),
+        )
+    save_model_dir(out_dir, components, meta, policy)
     shutil.copyfile(tokenizer_path, out_dir / "tokenizer.json")
     return out_dir
 
@@ -101,5 +125,22 @@ def export_run(
             },
         },
     }
+    vae_dir = None
+    if getattr(args, "memory", None):
+        training["memory_data"] = {
+            "recipe": "python -m arrowdiff.training.memory_data",
+            "manifest": json.loads((Path(args.memory) / "manifest.json").read_text()),
+            "memory_k": args.memory_k,
+            "cond_dropout": args.cond_dropout,
+        }
+    if getattr(args, "images", None):
+        latent_manifest = json.loads((Path(args.images) / "manifest.json").read_text())
+        vae_dir = Path(latent_manifest["vae"])
+        training["image_data"] = {
+            "recipe": "python -m arrowdiff.image.dataset build; python -m arrowdiff.training.image_data",
+            "manifest": latent_manifest,
+            "image_batch_size": args.image_batch_size,
+            "caption_dropout": args.caption_dropout,
+        }
     policy = QuantPolicy(bits=args.export_bits)
-    return export_model(model, tokenizer_path, out / "model", training, policy)
+    return export_model(model, tokenizer_path, out / "model", training, policy, vae_dir)

@@ -28,7 +28,8 @@ from arrowdiff.network.model import UnifiedModel
 from arrowdiff.schedules import get_mask_schedule
 from arrowdiff.training.batches import ShardSampler, fixed_windows, step_generator
 from arrowdiff.training.checkpoint import load_checkpoint, save_checkpoint
-from arrowdiff.training.losses import ar_loss, mdlm_loss
+from arrowdiff.training.image_data import LatentSet
+from arrowdiff.training.losses import ar_loss, flow_loss, mdlm_loss
 from arrowdiff.training.memory_data import MemorySet, memory_batch
 from arrowdiff.training.shards import load_manifest, open_shard
 
@@ -82,6 +83,15 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument(
         "--cond-dropout", type=float, default=0.2, help="share of windows trained without memories (CFG)"
     )
+    p.add_argument(
+        "--images",
+        default=None,
+        help="joint text-to-image training: a latent directory from `python -m arrowdiff.training.image_data`"
+        " (VAE latents + MiniLM captions); adds the image head and caption conditioner",
+    )
+    p.add_argument("--image-batch-size", type=int, default=64, help="latents per step (global)")
+    p.add_argument("--image-weight", type=float, default=1.0, help="weight of the flow loss")
+    p.add_argument("--caption-dropout", type=float, default=0.1, help="share of images trained uncaptioned")
     p.add_argument("--no-export", action="store_true", help="skip writing <out>/model at the end")
     p.add_argument("--export-bits", type=int, default=16, help="bit width of the exported model")
     return p
@@ -112,8 +122,9 @@ def init_weights(model: UnifiedModel, path: str) -> None:
         raise ConfigError(
             f"--init-from {path}: its architecture differs from --preset; use the matching preset"
         )
-    # conditioners the source lacks (e.g. memory, added by this run) keep their fresh initialisation
+    # heads and conditioners the source lacks (added by this run) keep their fresh initialisation
     new = {f"conditioners.{c}." for c in model.conditioners if c not in source.conditioners}
+    new |= {f"heads.{m}." for m in model.heads if m not in source.heads}
     missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
     if unexpected or any(not any(k.startswith(n) for n in new) for k in missing):
         raise ConfigError(f"--init-from {path}: tensors do not match (missing {missing}, extra {unexpected})")
@@ -121,11 +132,24 @@ def init_weights(model: UnifiedModel, path: str) -> None:
 
 def make_model_config(args: argparse.Namespace, vocab_size: int) -> ModelConfig:
     cfg = get_preset(args.preset, vocab_size)
+    modalities, conditioners = tuple(cfg.modalities), ()
+    schedule = replace(cfg.schedule, discrete=args.schedule)
+    image = cfg.image
+    if getattr(args, "memory", None):
+        conditioners += ("memory",)
+    if getattr(args, "images", None):
+        moments = LatentSet.load(args.images, "val").moments
+        _, _, c, h, w = moments.shape
+        image = replace(cfg.image, latent_channels=c, latent_size=h)
+        modalities, conditioners = modalities + ("image",), conditioners + ("caption",)
+        schedule = replace(schedule, continuous="flow")
     return replace(
         cfg,
         objective=args.objective,
-        schedule=replace(cfg.schedule, discrete=args.schedule),
-        conditioners=("memory",) if getattr(args, "memory", None) else (),
+        schedule=schedule,
+        modalities=modalities,
+        conditioners=conditioners,
+        image=image,
     )
 
 
@@ -135,6 +159,7 @@ def evaluate(
     windows: dict[str, torch.Tensor],
     args: argparse.Namespace,
     memory_sets: dict[str, MemorySet] | None = None,
+    images: LatentSet | None = None,
 ) -> dict[str, float]:
     """Validation loss per modality: NELBO (mdlm, fixed t grid) or next-token CE (ar), nats/token.
 
@@ -172,6 +197,33 @@ def evaluate(
                     )
             total, n = total + loss.item() * len(xb), n + len(xb)
         out[f"val_{name}" + ("_memory" if with_memory else "")] = total / max(n, 1)
+    if images is not None:
+        out.update(evaluate_images(model, images, args))
+    model.train()
+    return out
+
+
+@torch.no_grad()
+def evaluate_images(model: UnifiedModel, images: LatentSet, args: argparse.Namespace) -> dict[str, float]:
+    """Flow-matching MSE on validation latents (posterior means) over a fixed grid of 8 times, captioned
+    (``val_image``) and uncaptioned (``val_image_uncond``): their gap is what the caption tells the model."""
+    n = min(len(images), 256)
+    z = torch.from_numpy(images.moments[:n, 0].astype("float32")) * images.scale_factor
+    cap = torch.from_numpy(images.captions[:n, 0])[:, None, :]
+    out = {}
+    for key, mask in (("val_image", torch.ones(n, 1, dtype=torch.bool)), ("val_image_uncond", None)):
+        total = 0.0
+        for k, tv in enumerate(torch.linspace(0.05, 0.95, 8).tolist()):
+            g = step_generator(args.seed, k, stream=9)
+            for i in range(0, n, 64):
+                zb = z[i : i + 64].to(args.device)
+                t = torch.full((len(zb),), tv, device=args.device)
+                c = None if mask is None else cap[i : i + 64].to(args.device)
+                m = None if mask is None else mask[i : i + 64].to(args.device)
+                with torch.autocast(zb.device.type, dtype=torch.bfloat16, enabled=args.bf16):
+                    loss, _ = flow_loss(model, zb, "image", g, caption=c, caption_mask=m, t=t)
+                total += loss.item() * len(zb)
+        out[key] = total / (8 * n)
     model.train()
     return out
 
@@ -237,6 +289,8 @@ def train(args: argparse.Namespace) -> Path:
         val_memory = {
             "text": MemorySet.load(args.memory, "val", "text", open_shard(data, "val", "text"), eot)
         }
+    images = LatentSet.load(args.images, "train") if args.images else None
+    val_images = LatentSet.load(args.images, "val") if args.images else None
     local_bs = args.batch_size // world
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -272,6 +326,14 @@ def train(args: argparse.Namespace) -> Path:
                 loss, stats = mdlm_loss(
                     fwd_model, x0, names, schedule, cfg.schedule.eps, gen, mask_id=cfg.text.mask_id, **mem
                 )
+        if images is not None:
+            z, cap, keep = images.batch(args.image_batch_size // world, gen, args.caption_dropout)
+            with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=args.bf16):
+                img_loss, img_stats = flow_loss(
+                    fwd_model, z.to(args.device), "image", gen, cap.to(args.device), keep.to(args.device)
+                )
+            loss = loss + args.image_weight * img_loss
+            stats.update(img_stats)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -287,7 +349,7 @@ def train(args: argparse.Namespace) -> Path:
                 "elapsed_s": round(elapsed + time.perf_counter() - t0, 3),
             }
             if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
-                rec.update(evaluate(model, val, args, val_memory))
+                rec.update(evaluate(model, val, args, val_memory, val_images))
                 tqdm.write(json.dumps(rec))
             log.write(json.dumps(rec) + "\n")
             stopping = args.stop_at and step + 1 >= args.stop_at
@@ -323,8 +385,13 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(argv)
     if args.steps < 1 or math.isnan(args.lr):
         raise ConfigError(f"--steps {args.steps} must be >= 1")
-    if args.memory and args.objective != "mdlm":
-        raise ConfigError("--memory trains memory-guided masked diffusion: use it with --objective mdlm")
+    if (args.memory or args.images) and args.objective != "mdlm":
+        raise ConfigError("--memory and --images train diffusion: use them with --objective mdlm")
+    if args.images and (args.image_batch_size < 1 or not 0.0 <= args.caption_dropout < 1.0):
+        raise ConfigError(
+            f"--image-batch-size {args.image_batch_size} must be >= 1 and --caption-dropout "
+            f"{args.caption_dropout} in [0, 1)"
+        )
     if not 1 <= args.memory_k <= 64 or not 0.0 <= args.cond_dropout < 1.0:
         raise ConfigError(
             f"--memory-k {args.memory_k} must be in [1, 64] and --cond-dropout {args.cond_dropout} in [0, 1)"

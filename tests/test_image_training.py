@@ -1,0 +1,87 @@
+"""Joint text + image training through `arrowdiff train --images`: latent sets, export with the VAE."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import read_log, train_argv
+
+from arrowdiff.errors import ConfigError, WeightFormatError
+from arrowdiff.image.vae import VAE, tiny_vae_config
+from arrowdiff.image.vae_io import load_vae, save_vae
+from arrowdiff.loading import load_model
+from arrowdiff.training.image_data import CAPTION_VARIANTS, LatentSet
+from arrowdiff.training.memory_data import quantize_embeddings
+
+
+def write_latent_set(root: Path, n: int = 40, size: int = 4) -> Path:
+    """A latent directory in the real layout: a tiny VAE (saved through the weight format), latents whose
+    mean depends on the caption, and unit caption embeddings."""
+    torch.manual_seed(0)
+    vae_dir = save_vae(VAE(tiny_vae_config()), root / "vae", training={"note": "random init (test)"})
+    out = root / "latents"
+    out.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        label = rng.integers(0, 2, n)
+        mean = (label[:, None, None, None] * 2.0 - 1.0) + 0.1 * rng.standard_normal((n, 4, size, size))
+        logvar = np.full_like(mean, -6.0)
+        np.save(out / f"{split}_latents.npy", np.stack([mean, logvar], 1).astype(np.float16))
+        emb = np.zeros((n, CAPTION_VARIANTS, 384), np.float32)
+        emb[np.arange(n), :, label] = 1.0
+        np.save(out / f"{split}_captions.npy", quantize_embeddings(emb))
+    manifest = {"format_version": 1, "vae": str(vae_dir), "scale_factor": 1.0, "splits": {}}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def test_latent_batches_sample_the_posterior_and_drop_captions(tmp_path: Path) -> None:
+    latents = LatentSet.load(write_latent_set(tmp_path), "train")
+    g = torch.Generator().manual_seed(0)
+    z, cap, keep = latents.batch(512, g, cond_dropout=0.25)
+    assert z.shape == (512, 4, 4, 4) and cap.shape == (512, 1, 384) and keep.shape == (512, 1)
+    assert 0.15 < 1 - keep.float().mean() < 0.35
+    sign = cap[:, 0, 1] * 2 - 1  # label 1 -> mean +1, label 0 -> mean -1
+    assert torch.all(z.mean((1, 2, 3)) * sign > 0.5)
+
+
+def test_missing_latents_name_the_builder(tmp_path: Path) -> None:
+    with pytest.raises(WeightFormatError, match="arrowdiff.training.image_data"):
+        LatentSet.load(tmp_path, "train")
+
+
+def test_joint_training_exports_image_head_caption_conditioner_and_vae(
+    tiny_data: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from arrowdiff.training.train import main
+
+    latents = write_latent_set(tmp_path)
+    out = tmp_path / "run"
+    argv = train_argv(tiny_data, out, "--images", str(latents), "--init-from", str(tiny_model_dir), steps=30)
+    assert main([*argv, "--image-batch-size", "16", "--eval-every", "30"]) == 0
+    log = read_log(out)
+    assert all(np.isfinite(r["flow_mse"]) for r in log)
+    assert log[-1]["val_image"] < log[-1]["val_image_uncond"]  # the caption tells the sign of the latent
+    loaded = load_model(out / "model")
+    assert loaded.model.cfg.modalities == ("text", "code", "image")
+    assert loaded.model.cfg.conditioners == ("caption",)
+    assert loaded.model.cfg.schedule.continuous == "flow"
+    assert "vae" in loaded.metadata["components"] and loaded.metadata["vae"]["latent_channels"] == 4
+    vae = load_vae(out / "model")
+    ref = load_vae(tmp_path / "vae")
+    x = torch.rand(1, 3, 8, 8) * 2 - 1
+    torch.testing.assert_close(vae.decode(vae.encode(x)[0]), ref.decode(ref.encode(x)[0]), atol=2e-2, rtol=0)
+
+
+def test_images_flag_is_validated(tiny_data: Path, tmp_path: Path) -> None:
+    from arrowdiff.training.train import main
+
+    latents = write_latent_set(tmp_path)
+    with pytest.raises(ConfigError, match="--objective mdlm"):
+        main(train_argv(tiny_data, tmp_path / "r", "--images", str(latents), "--objective", "ar"))
+    with pytest.raises(ConfigError, match="--caption-dropout 1.5"):
+        main(train_argv(tiny_data, tmp_path / "r", "--images", str(latents), "--caption-dropout", "1.5"))
