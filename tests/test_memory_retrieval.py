@@ -116,15 +116,30 @@ def test_index_is_persisted_reused_and_rebuilt_when_stale(big_store: tuple[Path,
     assert [h.memory.id for h in hits] == [h.memory.id for h in again.search(X[7], 5, kind="b")]
 
 
-def test_index_after_a_write(tmp_path: Path) -> None:
+def test_index_follows_writes(tmp_path: Path) -> None:
     X = random_units(300, 384, 3)
     store = ArrowStorage(tmp_path, index_config=ONE_THREAD)
-    store.add_many([f"v{i}" for i in range(300)], X)
+    ids = store.add_many([f"v{i}" for i in range(300)], X)
     assert store.search(X[5], 1, method="index")[0].memory.text == "v5"
-    new = store.add("fresh", embedding=random_units(1, 384, 4)[0])
-    assert store.search(store.get(new).embedding, 1, method="index")[0].memory.id == new  # not stale
+    assert (store._index.builds, store._index.appends) == (1, 0)
+
+    new = [store.add(f"fresh {i}", embedding=random_units(1, 384, 4 + i)[0]) for i in range(40)]
+    assert store.search(store.get(new[0]).embedding, 1, method="index")[0].memory.id == new[0]  # not stale
+    assert (store._index.builds, store._index.appends) == (1, 1)  # the store only grew: rows appended
+
+    other = ArrowStorage(tmp_path, index_config=ONE_THREAD)  # another process: loads the saved index
+    last = other.add("one more", embedding=random_units(1, 384, 99)[0])
+    assert other.search(other.get(last).embedding, 1, method="index")[0].memory.id == last
+    assert (other._index.builds, other._index.appends) == (0, 1)
+
+    store.update(ids[7], embedding=X[8])  # a changed row: the graph is rebuilt
+    hits = store.search(X[8], 2, method="index")
+    assert {h.memory.id for h in hits} == {ids[7], ids[8]} and store._index.builds == 2
+    store.delete(ids[8])
+    assert store.search(X[8], 1, method="index")[0].memory.id == ids[7] and store._index.builds == 3
+
     files = list((tmp_path / "index").glob("hnsw-*.usearch"))
-    assert store._index.builds == 2 and len(files) == 1  # the stale index file was removed
+    assert len(files) == 1  # earlier states' files are removed
     files[0].write_bytes(files[0].read_bytes()[:1000])  # a torn index is rebuilt, not trusted
     torn = ArrowStorage(tmp_path, index_config=ONE_THREAD)
     assert torn.search(X[9], 1, method="index")[0].memory.text == "v9" and torn._index.builds == 1

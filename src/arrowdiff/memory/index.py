@@ -2,10 +2,12 @@
 "Efficient and robust approximate nearest neighbor search using Hierarchical Navigable Small World
 graphs") through usearch.
 
-The index is a cache, never the truth: it is keyed by the set of live segment names (which changes with
-every write and compaction), persisted beside the segments as ``index/hnsw-<key>.usearch`` plus a
-``hnsw-<key>.json`` sidecar (the row ids in key order and the SHA-256 of the index file, written last so
-it commits the pair), and rebuilt whenever it is missing, stale or damaged.
+The index is a cache, never the truth. It is persisted beside the segments as
+``index/hnsw-<sha256>.usearch`` plus ``index/hnsw.json``, written last so that it commits the pair: the
+key of the store state it was built from (the live segment names), the row ids in key order, the SHA-256
+of the index file and of the embedding rows. A store that only grew since (new ids appended, the old rows
+unchanged) gets the new rows appended to the graph; any other change (update, delete) rebuilds it, as
+does a missing, torn or damaged file.
 """
 
 from __future__ import annotations
@@ -93,6 +95,13 @@ class HNSWIndex:
         rows = np.asarray(matches.keys, dtype=np.int64)
         return rows, (1.0 - np.asarray(matches.distances, dtype=np.float32))
 
+    def extend(self, rows: np.ndarray, ids: list[str], config: IndexConfig) -> None:
+        """Append rows (keys continue from the current size)."""
+        start = len(self.ids)
+        keys = np.arange(start, start + len(rows), dtype=np.uint64)
+        self._index.add(keys, np.ascontiguousarray(rows, dtype=np.float32), threads=config.threads)
+        self.ids = self.ids + list(ids)
+
     def to_bytes(self) -> bytes:
         return bytes(self._index.save())
 
@@ -108,58 +117,96 @@ class HNSWIndex:
 
 
 class IndexCache:
-    """The one HNSW index of a store folder: kept in memory, persisted in ``folder``, rebuilt when stale."""
+    """The one HNSW index of a store folder: kept in memory, persisted in ``folder``, brought up to date
+    by appending rows when the store only grew, rebuilt when anything else changed."""
+
+    SIDECAR = "hnsw.json"
 
     def __init__(self, folder: Path, config: IndexConfig) -> None:
         self.folder = folder
         self.config = config
         self._key: str | None = None
         self._index: HNSWIndex | None = None
-        self.builds = 0  # how many times this cache built an index (tests and benchmarks read it)
+        self._rows: np.ndarray | None = None  # the (read-only) matrix the in-memory index was made from
+        self._saved_rows = 0  # rows in the persisted copy
+        self.builds = 0  # full builds by this cache (tests and benchmarks read it)
+        self.appends = 0  # incremental updates by this cache
 
     def get(self, key: str, ids: list[str], matrix: np.ndarray) -> HNSWIndex:
-        """The index of ``matrix`` (rows = ``ids``): from memory, else from disk, else built and saved."""
-        if self._index is not None and self._key == key and self._index.ids == ids:
-            return self._index
-        index = self._load(key, ids)
+        """The index of ``matrix`` (rows = ``ids``): from memory, else from disk, appended to when the
+        store only grew, else built; persisted when built or grown by 10%."""
+        index = self._index
+        if index is not None and self._key == key and index.ids == ids:
+            return index
+        if index is None or not self._is_prefix(index, self._rows, ids, matrix):
+            index = self._load(key, ids, matrix)
         if index is None:
             index = HNSWIndex.build(matrix, ids, self.config)
             self.builds += 1
-            self._save(key, index)
-        self._key, self._index = key, index
+            self._saved_rows = 0
+        elif len(index.ids) < len(ids):
+            n = len(index.ids)
+            index.extend(matrix[n:], ids[n:], self.config)
+            self.appends += 1
+        self._key, self._index, self._rows = key, index, matrix
+        if self._saved_rows == 0 or len(ids) > 1.1 * self._saved_rows:
+            self._save(key, index, matrix)
         return index
 
-    def _paths(self, key: str) -> tuple[Path, Path]:
-        return self.folder / f"{INDEX_PREFIX}{key}.usearch", self.folder / f"{INDEX_PREFIX}{key}.json"
+    @staticmethod
+    def _is_prefix(index: HNSWIndex, rows: np.ndarray | None, ids: list[str], matrix: np.ndarray) -> bool:
+        n = len(index.ids)
+        return (
+            rows is not None
+            and n <= len(ids)
+            and ids[:n] == index.ids
+            and (rows is matrix or np.array_equal(rows[:n], matrix[:n]))
+        )
 
-    def _load(self, key: str, ids: list[str]) -> HNSWIndex | None:
-        data_path, meta_path = self._paths(key)
+    def _load(self, key: str, ids: list[str], matrix: np.ndarray) -> HNSWIndex | None:
+        """The persisted index if it is this state's, or a prefix of it (same first ids and rows)."""
         try:
-            meta = json.loads(meta_path.read_text())
-            if meta.get("key") != key or meta.get("ids") != ids:
-                return None
-            data = data_path.read_bytes()
-            if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+            meta = json.loads((self.folder / self.SIDECAR).read_text())
+            saved_ids = meta["ids"]
+            n = len(saved_ids)
+            if meta["key"] != key or saved_ids != ids:
+                if n > len(ids) or ids[:n] != saved_ids or meta["rows_sha256"] != rows_digest(matrix[:n]):
+                    return None
+            data = (self.folder / meta["file"]).read_bytes()
+            if hashlib.sha256(data).hexdigest() != meta["sha256"]:
                 return None  # torn or damaged: rebuild
-            return HNSWIndex.from_bytes(data, ids, self.config)
-        except (OSError, ValueError, RuntimeError, TypeError, AttributeError):
+            index = HNSWIndex.from_bytes(data, saved_ids, self.config)
+            self._saved_rows = n
+            return index
+        except (OSError, ValueError, RuntimeError, TypeError, AttributeError, KeyError):
             return None
 
-    def _save(self, key: str, index: HNSWIndex) -> None:
-        """Best effort: an index that cannot be saved (read-only store) is only kept in memory."""
-        data_path, meta_path = self._paths(key)
+    def _save(self, key: str, index: HNSWIndex, matrix: np.ndarray) -> None:
+        """Publish the index file (named by its hash), then the sidecar that points to it; remove older
+        files. Best effort: an index that cannot be saved (read-only store) is only kept in memory."""
         try:
             make_dirs(self.folder)
             data = index.to_bytes()
-            write_atomic(self.folder, data_path.name, data)
-            meta = {"key": key, "sha256": hashlib.sha256(data).hexdigest(), "ids": index.ids}
-            write_atomic(self.folder, meta_path.name, json.dumps(meta).encode())
-            for old in self.folder.iterdir():  # older indexes are stale: their segments are gone
-                if old.name.startswith((INDEX_PREFIX, TMP_PREFIX)) and old.name not in (
-                    data_path.name,
-                    meta_path.name,
-                ):
+            digest = hashlib.sha256(data).hexdigest()
+            file = f"{INDEX_PREFIX}{digest[:24]}.usearch"
+            write_atomic(self.folder, file, data)
+            meta = {
+                "key": key,
+                "file": file,
+                "sha256": digest,
+                "rows_sha256": rows_digest(matrix),
+                "ids": index.ids,
+            }
+            write_atomic(self.folder, self.SIDECAR, json.dumps(meta).encode())
+            self._saved_rows = len(index.ids)
+            for old in self.folder.iterdir():  # files of earlier states
+                if old.name.startswith((INDEX_PREFIX, TMP_PREFIX)) and old.name != file:
                     with contextlib.suppress(OSError):
                         old.unlink()
         except OSError:
             pass
+
+
+def rows_digest(matrix: np.ndarray) -> str:
+    """SHA-256 of the embedding rows an index was built from (detects updated embeddings)."""
+    return hashlib.sha256(np.ascontiguousarray(matrix, dtype=np.float32).tobytes()).hexdigest()

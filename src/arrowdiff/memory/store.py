@@ -5,7 +5,7 @@ On disk (FORMAT.md beside this file)::
     <store>/LOCK                                      flock: writers exclusive, readers shared
     <store>/segments/seg-<first>-<last>-<sha256>.parquet   immutable, published by atomic rename
     <store>/quarantine/                               damaged segments moved aside by compact()
-    <store>/index/hnsw-<key>.usearch|.json            the ANN index cache (index.py)
+    <store>/index/hnsw-<sha256>.usearch, hnsw.json     the ANN index cache (index.py)
 
 Every write (add, add_many, update, delete) appends ONE new segment: its rows are upserts (full records)
 and tombstones, numbered one past the highest sequence number in the folder; replaying the live segments
@@ -219,9 +219,10 @@ class ArrowStorage:
         embedding), best first.
 
         ``method``: ``"exact"`` brute-force cosine; ``"index"`` the HNSW index (built and persisted on
-        first use, rebuilt after writes), re-scored exactly; ``"hopfield"`` modern Hopfield retrieval
-        (Ramsauer et al. 2021) with inverse temperature ``beta`` and ``steps`` updates over the
-        ``candidates`` nearest memories, ranked by Hopfield weight.
+        first use, extended after adds, rebuilt after updates and deletes), re-scored exactly;
+        ``"hopfield"`` modern Hopfield retrieval (Ramsauer et al. 2021) with inverse temperature ``beta``
+        and ``steps`` updates over the ``candidates`` nearest memories, ranked by Hopfield weight.
+        ``kind``/``modality`` restrict the search to matching memories.
         """
         if not isinstance(k, int | np.integer) or k < 1:
             raise ConfigError(f"k={k!r} must be an integer >= 1 (the number of memories to return)")
