@@ -34,7 +34,7 @@ def write_latent_set(root: Path, n: int = 40, size: int = 4) -> Path:
         emb = np.zeros((n, CAPTION_VARIANTS, 384), np.float32)
         emb[np.arange(n), :, label] = 1.0
         np.save(out / f"{split}_captions.npy", quantize_embeddings(emb))
-    manifest = {"format_version": 1, "vae": str(vae_dir), "scale_factor": 1.0, "splits": {}}
+    manifest = {"format_version": 1, "vae": str(vae_dir), "scale_factor": 1.0, "downsample": 2, "splits": {}}
     (out / "manifest.json").write_text(json.dumps(manifest))
     return out
 
@@ -54,15 +54,20 @@ def test_missing_latents_name_the_builder(tmp_path: Path) -> None:
         LatentSet.load(tmp_path, "train")
 
 
-def test_joint_training_exports_image_head_caption_conditioner_and_vae(
-    tiny_data: Path, tiny_model_dir: Path, tmp_path: Path
-) -> None:
+@pytest.fixture(scope="module")
+def image_run(tiny_data: Path, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from arrowdiff.training.train import main
 
+    tmp_path = tmp_path_factory.mktemp("image_run")
     latents = write_latent_set(tmp_path)
     out = tmp_path / "run"
     argv = train_argv(tiny_data, out, "--images", str(latents), "--init-from", str(tiny_model_dir), steps=30)
     assert main([*argv, "--image-batch-size", "16", "--eval-every", "30"]) == 0
+    return out
+
+
+def test_joint_training_exports_image_head_caption_conditioner_and_vae(image_run: Path) -> None:
+    out, tmp_path = image_run, image_run.parent
     log = read_log(out)
     assert all(np.isfinite(r["flow_mse"]) for r in log)
     assert log[-1]["val_image"] < log[-1]["val_image_uncond"]  # the caption tells the sign of the latent
@@ -85,3 +90,23 @@ def test_images_flag_is_validated(tiny_data: Path, tmp_path: Path) -> None:
         main(train_argv(tiny_data, tmp_path / "r", "--images", str(latents), "--objective", "ar"))
     with pytest.raises(ConfigError, match="--caption-dropout 1.5"):
         main(train_argv(tiny_data, tmp_path / "r", "--images", str(latents), "--caption-dropout", "1.5"))
+
+
+def test_engine_makes_images_of_any_size_through_the_vae(image_run: Path) -> None:
+    from arrowdiff import ArrowEngine
+
+    engine = ArrowEngine.from_pretrained(image_run / "model")
+    img = engine.diffuse("one", modality="image", num_steps=3, seed=1)
+    assert isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.shape == (8, 8, 3)
+    assert np.array_equal(img, engine.diffuse("one", modality="image", num_steps=3, seed=1))  # seeded
+    big = engine.diffuse("one", modality="image", num_steps=3, seed=1, height=32, width=16)
+    assert big.shape == (32, 16, 3)
+    uncond = engine.diffuse("", modality="image", num_steps=3, seed=2, guidance_scale=3.0)
+    zero = engine.diffuse("one", modality="image", num_steps=3, seed=2, guidance_scale=0.0)
+    assert np.array_equal(uncond, zero)  # guidance 0 is the unconditioned model
+    with pytest.raises(ConfigError, match="multiple of 2"):
+        engine.diffuse("one", modality="image", num_steps=3, height=15)
+    with pytest.raises(ConfigError, match="num_steps=0"):
+        engine.diffuse("one", modality="image", num_steps=0)
+    with pytest.raises(ConfigError, match="sampler='confidence'"):
+        engine.diffuse("one", modality="image", num_steps=2, sampler="confidence")

@@ -21,8 +21,10 @@ from arrowdiff.config import MODALITIES
 from arrowdiff.diffusion_core import DiffusionCore, SamplingOptions
 from arrowdiff.encoder import SentenceEncoder
 from arrowdiff.errors import ConfigError, ModalityError
+from arrowdiff.image_core import ImageCore, ImageOptions
 from arrowdiff.loading import LoadedModel, load_model
 from arrowdiff.memory.conditioner import MemoryConditioner, Retrieved
+from arrowdiff.network.denoiser import Cond
 
 TOKEN_MODALITIES = ("text", "code")
 
@@ -95,6 +97,7 @@ class ArrowEngine:
         self._ar_core = InferenceCore(ar.model, ar.tokenizer) if isinstance(ar, LoadedLlama) else None
         self.encoder = SentenceEncoder()  # MiniLM, loaded on the first encode()
         self._routers: dict[str, AdapterRouter] = {}  # "ar" / "diffusion" -> LoRA router of that model
+        self._image_core: ImageCore | None = None  # built on the first image request (loads the VAE)
         self._memory = memory  # an ArrowStorage, a store path, or None (the per-user default store)
         self.memory_k = memory_k
 
@@ -215,24 +218,29 @@ class ArrowEngine:
         prompt: str = "",
         modality: str = "text",
         num_steps: int | None = None,
-        guidance_scale: float = 1.0,
+        guidance_scale: float | None = None,
         memory_guided: bool = False,
         seed: int | None = None,
         length: int = 64,
         suffix: str | None = None,
         temperature: float = 1.0,
-        sampler: str = "confidence",
+        sampler: str | None = None,
         confidence_noise: float = 3.0,
         block_size: int = 0,
         spacing: str = "uniform",
         progress: bool = False,
         top_k: int = 0,
         top_p: float = 1.0,
-    ) -> str:
-        """Generate with the diffusion model (R12.3). Text and code return a decoded string (R12.5).
+        height: int | None = None,
+        width: int | None = None,
+    ) -> str | np.ndarray:
+        """Generate with the diffusion model (R12.3). Text and code return a decoded string (R12.5);
+        images an (H, W, 3) uint8 array (R12.6).
 
-        ``suffix`` turns the call into infilling: ``prompt`` and ``suffix`` are kept exactly and the
-        returned string is the ``length``-token middle (R1.4)."""
+        ``suffix`` turns a text call into infilling: ``prompt`` and ``suffix`` are kept exactly and the
+        returned string is the ``length``-token middle (R1.4). ``guidance_scale`` (default: 1 for text,
+        3 for images) is classifier-free guidance on the memories when ``memory_guided``, else on the
+        prompt (text) or caption (image). ``height``/``width`` (images) default to the trained size."""
         if modality not in MODALITIES:
             raise ModalityError(f"unknown modality {modality!r}: expected one of {', '.join(MODALITIES)}")
         if self._core is None or self.diffusion is None:
@@ -250,14 +258,18 @@ class ArrowEngine:
                     "conditioner; load a model trained with `arrowdiff train --memory` (e.g. the default)"
                 )
             memory = self.retrieve(prompt).cond()
+        if modality == "image":
+            return self._diffuse_image(
+                prompt, num_steps, guidance_scale, seed, sampler, spacing, height, width, progress, memory
+            )
         common = CommonParams(length, temperature, seed, top_k, top_p)
         opts = SamplingOptions(
             num_steps=num_steps
             if num_steps is not None
             else self.diffusion.model.cfg.schedule.num_inference_steps,
-            sampler=sampler,
+            sampler=sampler or "confidence",
             temperature=temperature,
-            guidance_scale=guidance_scale,
+            guidance_scale=1.0 if guidance_scale is None else guidance_scale,
             block_size=block_size,
             confidence_noise=confidence_noise,
             spacing=spacing,
@@ -267,6 +279,37 @@ class ArrowEngine:
         return self._core.generate(
             prompt, modality, common.max_length, opts, common.seed, suffix, progress, memory=memory
         )
+
+    def _diffuse_image(
+        self,
+        prompt: str,
+        num_steps: int | None,
+        guidance_scale: float | None,
+        seed: int | None,
+        sampler: str | None,
+        spacing: str,
+        height: int | None,
+        width: int | None,
+        progress: bool,
+        memory: Cond | None,
+    ) -> np.ndarray:
+        CommonParams(1, 1.0, seed)  # the seed means the same in every mode
+        defaults = ImageOptions()
+        opts = ImageOptions(
+            num_steps=defaults.num_steps if num_steps is None else num_steps,
+            guidance_scale=defaults.guidance_scale if guidance_scale is None else guidance_scale,
+            sampler=sampler or defaults.sampler,
+            spacing=spacing,
+            height=height,
+            width=width,
+        )
+        if self._image_core is None:
+            from arrowdiff.image.vae_io import load_vae
+
+            self._image_core = ImageCore(
+                self.diffusion.model, load_vae(self.diffusion.path), lambda t: self.encode(list(t))
+            )
+        return self._image_core.generate(prompt, opts, seed, progress, memory)
 
     def encode(self, sentences: str | Sequence[str], normalize: bool = True) -> np.ndarray:
         """Sentence embeddings (N, 384) float32 from MiniLM (all-MiniLM-L6-v2), batched; rows have unit

@@ -54,6 +54,7 @@ def build(images: Path, vae_dir: Path, out: Path, batch_size: int = 256) -> dict
         "format_version": 1,
         "vae": str(vae_dir),
         "scale_factor": float(vae.scale_factor),
+        "downsample": vae.cfg.downsample,
         "caption_variants": CAPTION_VARIANTS,
         "images_manifest_sha256": hashlib.sha256((images / "manifest.json").read_bytes()).hexdigest(),
         "splits": {},
@@ -84,6 +85,7 @@ class LatentSet:
     moments: np.ndarray  # (N, 2, C, h, w) float16
     captions: np.ndarray  # (N, V, 384) float32 unit norm
     scale_factor: float
+    downsample: int = 8
 
     @classmethod
     def load(cls, directory: str | Path, split: str) -> LatentSet:
@@ -97,7 +99,7 @@ class LatentSet:
                 f"image latents {e.filename} are missing; build them with "
                 f"`python -m arrowdiff.training.image_data --images data/images --vae <vae dir> --out {d}`"
             ) from None
-        return cls(moments, captions, float(manifest["scale_factor"]))
+        return cls(moments, captions, float(manifest["scale_factor"]), int(manifest.get("downsample", 8)))
 
     def __len__(self) -> int:
         return len(self.moments)

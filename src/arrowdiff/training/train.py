@@ -138,9 +138,9 @@ def make_model_config(args: argparse.Namespace, vocab_size: int) -> ModelConfig:
     if getattr(args, "memory", None):
         conditioners += ("memory",)
     if getattr(args, "images", None):
-        moments = LatentSet.load(args.images, "val").moments
-        _, _, c, h, w = moments.shape
-        image = replace(cfg.image, latent_channels=c, latent_size=h)
+        val = LatentSet.load(args.images, "val")
+        _, _, c, h, w = val.moments.shape
+        image = replace(cfg.image, latent_channels=c, latent_size=h, downsample=val.downsample)
         modalities, conditioners = modalities + ("image",), conditioners + ("caption",)
         schedule = replace(schedule, continuous="flow")
     return replace(
