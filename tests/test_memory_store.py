@@ -184,6 +184,30 @@ def test_auto_compaction_bounds_the_segment_count(tmp_path: Path) -> None:
     assert [m.id for m in ArrowStorage(tmp_path).list()] == expected
 
 
+def test_a_failed_merge_does_not_fail_the_durable_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import arrowdiff.memory.store as store_module
+
+    real = store_module.write_segment
+
+    def disk_full_on_merge(folder: Path, entries: list, dim: int, first: int, last: int) -> SegmentName:
+        if first != last:
+            raise OSError(28, "No space left on device")
+        return real(folder, entries, dim, first, last)
+
+    rng = np.random.default_rng(7)
+    store = ArrowStorage(tmp_path, max_segments=2)
+    ids = [store.add(f"m{i}", embedding=unit(rng)) for i in range(2)]
+    monkeypatch.setattr(store_module, "write_segment", disk_full_on_merge)
+    with pytest.warns(StorageWarning, match="merging segments failed.*the write itself is durable"):
+        ids.append(store.add("m2", embedding=unit(rng)))  # returns: the write is on disk
+    monkeypatch.setattr(store_module, "write_segment", real)
+    assert [m.id for m in ArrowStorage(tmp_path).list()] == ids and len(segment_files(tmp_path)) == 3
+    ids.append(store.add("m3", embedding=unit(rng)))  # the merge is retried
+    assert len(segment_files(tmp_path)) <= 2 and [m.id for m in ArrowStorage(tmp_path).list()] == ids
+
+
 def test_plan_compaction() -> None:
     assert plan_compaction([5, 1, 1], max_segments=4) is None
     assert plan_compaction([100, 1, 1, 1, 1], max_segments=4) == 1  # the small tail, not the big base

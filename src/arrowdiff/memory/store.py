@@ -476,12 +476,21 @@ class ArrowStorage:
             self._loaded[name.file_name] = Segment(name, entries)
             self._listed = None
             self._refresh_locked()
-            self._cleanup_locked()
-            start = plan_compaction(
-                [len(self._loaded[s.file_name].entries) for s in self._live_names], self.max_segments
-            )
-            if start is not None:
-                self._merge_locked(start)
+            try:  # housekeeping: the write above is already durable, so a failure here must not fail it
+                self._cleanup_locked()
+                start = plan_compaction(
+                    [len(self._loaded[s.file_name].entries) for s in self._live_names], self.max_segments
+                )
+                if start is not None:
+                    self._merge_locked(start)
+            except OSError as e:
+                self._listed = None
+                warnings.warn(
+                    f"memory store {self.path}: merging segments failed ({e}); the write itself is durable, "
+                    "the merge is retried on the next write",
+                    StorageWarning,
+                    stacklevel=4,
+                )
 
     def _merge_locked(self, start: int) -> None:
         """Merge live segments ``start..`` into one; inputs are deleted only after it is durable."""
