@@ -9,6 +9,15 @@ from arrowdiff.memory.paths import default_store_path
 from arrowdiff.memory.records import Memory, SearchHit
 from arrowdiff.memory.store import ArrowStorage, DamagedSegment, StorageWarning
 
-# from arrowdiff.memory.conditioner import MemoryConditioner  (added with the conditioner)
+from arrowdiff.memory.conditioner import MemoryConditioner, Retrieved
 
-__all__ = ["ArrowStorage", "DamagedSegment", "Memory", "SearchHit", "StorageWarning", "default_store_path"]
+__all__ = [
+    "ArrowStorage",
+    "DamagedSegment",
+    "Memory",
+    "MemoryConditioner",
+    "Retrieved",
+    "SearchHit",
+    "StorageWarning",
+    "default_store_path",
+]

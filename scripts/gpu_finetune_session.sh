@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Teach the shipped model to use memories: continue training the INT8 master (base-int8) with memory
-# conditioning (`arrowdiff train --memory`, condition dropout 0.2) on one GPU, with the same command that
-# runs on a CPU. Its inputs are the token shards (zstd-compressed to travel) and the MiniLM memory
-# embeddings built beforehand on a CPU:
+# Continue training the shipped model on one GPU with memory conditioning (`arrowdiff train --memory`,
+# condition dropout 0.2) and, when image latents are given, jointly with text-to-image flow matching
+# (`--images`: image head + caption conditioner on the same backbone). The same command runs on a CPU.
+# Its inputs are built beforehand on a CPU and travel in .carry/ (the shards zstd-compressed):
 #
-#   python -m arrowdiff.training.memory_data --data data/shards --out data/memory      # CPU, ~20 min
+#   python -m arrowdiff.training.memory_data --data data/shards --out data/memory            # ~20 min
+#   python -m arrowdiff.training.image_data --images data/images --vae runs/vae/model --out data/image_latents
 #   zstd -10 data/shards/*.bin --output-dir-flat .carry/shards && cp data/shards/manifest.json .carry/shards/
-#   BUDGET_S=270 OUT=$OUT scripts/gpu_memory_session.sh                                  # on the GPU
-#   PRESET=tiny DEVICE=cpu BUDGET_S=20 MAX_STEPS=40 INIT= OUT=/tmp/o scripts/gpu_memory_session.sh  # CPU
+#   BUDGET_S=420 OUT=$OUT scripts/gpu_finetune_session.sh                                     # on the GPU
+#   PRESET=tiny DEVICE=cpu BUDGET_S=20 MAX_STEPS=40 INIT= OUT=/tmp/o scripts/gpu_finetune_session.sh  # CPU
 #
 # A 20-step calibration run measures the step time; the step count is then chosen to fill BUDGET_S and
 # printed, so the exact command is in the log and in the model's metadata.json.
@@ -15,7 +16,8 @@ set -euo pipefail
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PRESET=${PRESET:-base}; DEVICE=${DEVICE:-cuda}; BUDGET_S=${BUDGET_S:-270}; MAX_STEPS=${MAX_STEPS:-4000}
 BATCH=${BATCH:-256}; SEQ=${SEQ:-256}; LR=${LR:-3e-4}; RUNS=${RUNS:-runs}; OUT=${OUT:?set OUT}
-INIT=${INIT-src/arrowdiff/pretrained/base-int8}; DATA=${DATA:-data/shards}; MEMORY=${MEMORY:-data/memory}
+INIT=${INIT-src/arrowdiff/pretrained/default}; DATA=${DATA:-data/shards}; MEMORY=${MEMORY:-data/memory}
+IMAGES=${IMAGES:-data/image_latents}; IMAGE_BATCH=${IMAGE_BATCH:-256}
 BF16=$([ "$DEVICE" = cuda ] && echo --bf16 || true)
 [ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 
@@ -24,10 +26,14 @@ if [ -d .carry/shards ]; then  # shards travel compressed: unpack next to their 
   for f in .carry/shards/*.zst; do zstd -q -d -f "$f" -o "data/shards/$(basename "${f%.zst}")"; done
   cp .carry/tokenizer.json data/tokenizer.json
 fi
-[ -d .carry/memory ] && { mkdir -p data; rm -rf data/memory; cp -r .carry/memory data/memory; }
+for d in memory image_latents vae; do
+  [ -d ".carry/$d" ] && { mkdir -p data; rm -rf "data/$d"; cp -r ".carry/$d" "data/$d"; }
+done
+[ -d data/vae ] && sed -i 's#"vae": "[^"]*"#"vae": "data/vae"#' "$IMAGES/manifest.json"
+IMG=$([ -f "$IMAGES/manifest.json" ] && echo --images "$IMAGES" --image-batch-size "$IMAGE_BATCH" || true)
 
 common() { echo --preset "$PRESET" --data "$DATA" --memory "$MEMORY" --device "$DEVICE" $BF16 \
-  --batch-size "$BATCH" --seq-len "$SEQ" --lr "$LR" --seed 1 --export-bits 8 ${INIT:+--init-from "$INIT"}; }
+  --batch-size "$BATCH" --seq-len "$SEQ" --lr "$LR" --seed 1 --export-bits 8 ${INIT:+--init-from "$INIT"} $IMG; }
 
 rm -rf "$RUNS/cal-memory"
 python -m arrowdiff train $(common) --steps 20 --warmup 5 --eval-every 1000 --ckpt-every 1000 --no-export \
