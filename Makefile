@@ -3,13 +3,15 @@
 #   make test    ruff + the test suite
 #   make data    rebuild the training corpus, tokenizer and token shards -> data/
 #   make bench   the text-quality, weight-format and AR benchmarks -> benchmarks/results/*.json
+#   make image-data   the caption-image set (npm emoji packages, 64x64) -> data/images
+#   make bench-vae    the VAE round trip (SSIM/PSNR at 64 and 512, decode time) -> benchmarks/results/
 PYTHON ?= python3
 SHELL  := /bin/bash
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint data bench bench-deps clean-venv
+.PHONY: demo test lint data image-data bench bench-deps bench-vae clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +52,9 @@ data: $(STAMP)
 		--extra-code-dir $$($(BIN)/python -c "import pip, os; print(os.path.dirname(pip.__file__))") \
 		--extra-code-dir $$($(BIN)/python -c "import setuptools, os; print(os.path.dirname(setuptools.__file__))")
 
+image-data: $(STAMP)
+	$(BIN)/python -m arrowdiff.image.dataset build --out data/images --downloads data/downloads --size 64 --seed 0
+
 bench-deps: $(STAMP)
 	$(BIN)/python -m pip install -q -r benchmarks/requirements.txt -c <(echo torch==2.13.0)
 	# llama.cpp, the AR speed baseline: built from source (~20 min on 2 cores, needs cmake and a C++ compiler)
@@ -61,6 +66,9 @@ bench: bench-deps
 		--ar src/arrowdiff/pretrained/ar-baseline --threads 2
 	$(BIN)/python -m benchmarks.weights
 	$(BIN)/python -m benchmarks.ar --threads 2
+
+bench-vae: image-data
+	$(BIN)/python -m benchmarks.vae_roundtrip --vae src/arrowdiff/pretrained/vae --data data/images
 
 clean-venv:
 	rm -rf $(VENV)
