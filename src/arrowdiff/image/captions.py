@@ -10,7 +10,7 @@ same caption.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # Templates and the fields each needs; make_caption only picks templates whose fields the record has.
 TEMPLATES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -59,7 +59,6 @@ class EmojiRecord:
     style: str = ""  # art style named in captions: "noto" or "fluent flat"
     icon: str = ""  # the picture's name in its package (file or icon name)
     codepoints: str = ""  # Unicode code points, lowercase hex joined by "-" ("" if unknown)
-    extra: dict[str, str] = field(default_factory=dict, compare=False)  # free-form provenance
 
 
 def phrase_category(category: str) -> str:

@@ -320,9 +320,9 @@ def iter_iconify(tar_path: Path, index: EmojiIndex, source: str) -> Iterator[Sou
     icons, icon_cps, cats = _iconify(tar_path)
     entries = [(name, name, False) for name in sorted(icons["icons"])]
     for name, alias in sorted(icons.get("aliases", {}).items()):
-        if alias.get("hFlip") and alias.get("parent") in icons["icons"] and not alias.get("vFlip"):
-            if not alias.get("rotate"):
-                entries.append((name, alias["parent"], True))
+        mirror_only = alias.get("hFlip") and not alias.get("vFlip") and not alias.get("rotate")
+        if mirror_only and alias.get("parent") in icons["icons"]:
+            entries.append((name, alias["parent"], True))
     for name, parent, hflip in entries:
         icon = icons["icons"][parent]
         rec = index.record(

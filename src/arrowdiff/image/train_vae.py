@@ -4,7 +4,7 @@ The same command runs on a 2-core CPU (``--threads 1``) and on a GPU (``--device
 whole training split is held in memory (on the GPU too), so ``--data`` is one self-contained folder
 (``python -m arrowdiff.image.dataset build``). Batches are pure functions of (seed, step), so
 ``--resume`` continues exactly from ``<out>/checkpoint`` (safetensors + JSON, written atomically).
-At the end it sets ``scale_factor`` (1/std of the latents over the training set, LDM section 4.3.2) and
+At the end it sets ``scale_factor`` (1/std of the latents over the training set, as in LDM) and
 exports ``<out>/model``, a model directory with a ``vae`` component (load it with ``load_vae``).
 
     <out>/checkpoint/   model + optimizer (safetensors), state.json
@@ -277,7 +277,7 @@ def train(args: argparse.Namespace) -> Path:
                 "elapsed_s": elapsed + time.perf_counter() - t0,
                 "config": cfg.to_dict(),
             }
-            save_checkpoint(ckpt, vae, opt, {**state, "args": {k: v for k, v in vars(args).items()}})
+            save_checkpoint(ckpt, vae, opt, {**state, "args": dict(vars(args))})
         if stopping:
             break
     log.close()

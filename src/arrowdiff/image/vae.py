@@ -9,7 +9,7 @@ and a 512x512 image to 4x64x64. The decoder is light (widths shrink towards full
 
 Notation: images ``x`` are ``(B, 3, H, W)`` floats in [-1, 1] (or uint8 ``(B, H, W, 3)`` at the edges);
 ``mean``, ``logvar`` and ``z`` are ``(B, C_z, H/f, W/f)`` with ``f`` = ``cfg.downsample``. Diffusion runs
-on ``z * scale_factor`` (unit variance over the training set, LDM section 4.3.2).
+on ``z * scale_factor`` (unit variance over the training set, as LDM rescales its latents).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The VAE training objective: reconstruction (L1, optional L2) + (1 - SSIM) + a small KL term.
 
-Following LDM (Rombach et al. 2022, appendix G) the KL weight is relative to a reconstruction loss summed
-over pixels, so ``kl_weight = 1e-6`` here equals LDM's kl-f8 setting although both terms are computed as
-per-pixel means. The SSIM term (Wang et al. 2004) replaces LDM's LPIPS, for which no pretrained network
+As in LDM (Rombach et al. 2022) the KL weight is relative to a reconstruction loss summed over pixels, so
+``kl = 1e-6`` here is the kl_weight of LDM's kl-f8 config although both terms are computed as per-pixel
+means. The SSIM term (Wang et al. 2004) replaces LDM's LPIPS, for which no pretrained network
 exists offline; mixing L1 with an SSIM loss follows Zhao et al. 2017 ("Loss Functions for Image
 Restoration with Neural Networks"). No adversarial term: the decoder stays small and training stays short.
 """
@@ -36,11 +36,14 @@ class VAELossWeights:
 
 
 def vae_loss(
-    vae: VAE, x: torch.Tensor, weights: VAELossWeights, generator: torch.Generator | None = None
+    vae: VAE | torch.nn.Module,
+    x: torch.Tensor,
+    weights: VAELossWeights,
+    generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss of one batch ``x`` (B, 3, H, W) in [-1, 1], and its terms as floats for logging."""
-    mean, logvar = vae.encode(x)
-    x_hat = vae.decode(vae.sample(mean, logvar, generator), clamp=False).float()
+    x_hat, mean, logvar = vae(x, generator)  # forward, so that a torch.compile'd VAE runs compiled
+    x_hat = x_hat.float()
     x = x.to(x_hat.device).float()
     l1 = (x_hat - x).abs().mean()
     l2 = (x_hat - x).pow(2).mean()
