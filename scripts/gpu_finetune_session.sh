@@ -11,7 +11,8 @@
 #   PRESET=tiny DEVICE=cpu BUDGET_S=20 MAX_STEPS=40 INIT= OUT=/tmp/o scripts/gpu_finetune_session.sh  # CPU
 #
 # A 20-step calibration run measures the step time; the step count is then chosen to fill BUDGET_S and
-# printed, so the exact command is in the log and in the model's metadata.json.
+# printed, so the exact command is in the log and in the model's metadata.json. When the image pixels
+# travel (.carry/images), the VAE is trained first (calibrated to VAE_BUDGET_S) and every image encoded.
 set -euo pipefail
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PRESET=${PRESET:-base}; DEVICE=${DEVICE:-cuda}; BUDGET_S=${BUDGET_S:-270}; MAX_STEPS=${MAX_STEPS:-4000}
@@ -26,30 +27,51 @@ if [ -d .carry/shards ]; then  # shards travel compressed: unpack next to their 
   for f in .carry/shards/*.zst; do zstd -q -d -f "$f" -o "data/shards/$(basename "${f%.zst}")"; done
   cp .carry/tokenizer.json data/tokenizer.json
 fi
-for d in memory image_latents vae; do
+for d in memory image_latents; do
   [ -d ".carry/$d" ] && { mkdir -p data; rm -rf "data/$d"; cp -r ".carry/$d" "data/$d"; }
 done
-[ -d data/vae ] && sed -i 's#"vae": "[^"]*"#"vae": "data/vae"#' "$IMAGES/manifest.json"
+per_step() {  # seconds per step of a calibration run's log.jsonl, from step 5 on
+  python - "$1" <<'PY'
+import json, sys
+log = [json.loads(l) for l in open(sys.argv[1])]
+print((log[-1]["elapsed_s"] - log[4]["elapsed_s"]) / (len(log) - 5))
+PY
+}
+steps_for() { python -c "print(max(20, min($3, int($1 * 0.9 / $2) // 50 * 50)))"; }
+
+# images: train the VAE here too when the pixels travel, then encode every image with it
+if [ -d .carry/images ]; then
+  mkdir -p data/images
+  for f in .carry/images/*; do
+    case "$f" in *.zst) zstd -q -d -f "$f" -o "data/images/$(basename "${f%.zst}")" ;; *) cp "$f" data/images/ ;; esac
+  done
+  VAE_ARGS="--data data/images --device $DEVICE --batch-size ${VAE_BATCH:-128} --lr 1e-3 --seed 0"
+  if python -m arrowdiff.image.train_vae $VAE_ARGS --steps 30 --warmup 5 --eval-every 1000 --no-export \
+       --out "$RUNS/cal-vae" >/dev/null 2>&1; then
+    VAE_STEPS=$(steps_for "${VAE_BUDGET_S:-100}" "$(per_step "$RUNS/cal-vae/log.jsonl")" 20000)
+    echo "vae: $VAE_STEPS steps"
+    python -m arrowdiff.image.train_vae $VAE_ARGS --steps "$VAE_STEPS" --warmup $(( VAE_STEPS / 20 + 1 )) \
+      --eval-every $(( VAE_STEPS / 2 )) --ckpt-every 1000000 --out "$RUNS/vae" > "$RUNS/vae.log" 2>&1 \
+      && python -m arrowdiff.training.image_data --part latents --vae "$RUNS/vae/model" --out "$IMAGES" \
+        --device "$DEVICE" || echo "image stage failed: training without images"
+    tail -2 "$RUNS/vae.log"
+  fi
+fi
 IMG=$([ -f "$IMAGES/manifest.json" ] && echo --images "$IMAGES" --image-batch-size "$IMAGE_BATCH" || true)
 
 common() { echo --preset "$PRESET" --data "$DATA" --memory "$MEMORY" --device "$DEVICE" $BF16 \
   --batch-size "$BATCH" --seq-len "$SEQ" --lr "$LR" --seed 1 --export-bits 8 ${INIT:+--init-from "$INIT"} $IMG; }
 
-rm -rf "$RUNS/cal-memory"
+rm -rf "$RUNS/cal-finetune"
 python -m arrowdiff train $(common) --steps 20 --warmup 5 --eval-every 1000 --ckpt-every 1000 --no-export \
-  --out "$RUNS/cal-memory" >/dev/null 2>&1
-STEPS=$(python - "$RUNS" "$BUDGET_S" "$MAX_STEPS" <<'PY'
-import json, sys
-runs, budget, cap = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
-log = [json.loads(l) for l in open(f"{runs}/cal-memory/log.jsonl")]
-per_step = (log[-1]["elapsed_s"] - log[4]["elapsed_s"]) / (len(log) - 5)
-print(max(20, min(cap, int(budget * 0.9 / per_step) // 50 * 50)))
-PY
-)
+  --out "$RUNS/cal-finetune" >/dev/null 2>&1
+STEPS=$(steps_for "$BUDGET_S" "$(per_step "$RUNS/cal-finetune/log.jsonl")" "$MAX_STEPS")
 echo "calibrated: $STEPS steps (budget ${BUDGET_S}s)"
-rm -rf "$RUNS/memory"
+rm -rf "$RUNS/finetune"
 python -m arrowdiff train $(common) --steps "$STEPS" --warmup $(( STEPS / 20 + 1 )) \
-  --eval-every $(( STEPS / 4 )) --ckpt-every 1000000 --out "$RUNS/memory" > "$RUNS/memory.log" 2>&1
-grep '"val_' "$RUNS/memory/log.jsonl" | tail -4
-tar cf - --exclude tokenizer.json "$RUNS/memory"/{model,log.jsonl,command.txt} | split -b 15M - "$OUT/memory.tar.part-"
+  --eval-every $(( STEPS / 4 )) --ckpt-every 1000000 --out "$RUNS/finetune" > "$RUNS/finetune.log" 2>&1
+grep '"val_' "$RUNS/finetune/log.jsonl" | tail -4
+VAE_FILES=$([ -d "$RUNS/vae/model" ] && echo "$RUNS/vae/model $RUNS/vae/log.jsonl $RUNS/vae/command.txt" || true)
+tar cf - --exclude tokenizer.json "$RUNS/finetune"/{model,log.jsonl,command.txt} $VAE_FILES \
+  | split -b 15M - "$OUT/finetune.tar.part-"
 ls -la "$OUT"

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from arrowdiff.errors import WeightFormatError
+from arrowdiff.errors import ConfigError, WeightFormatError
 from arrowdiff.training.memory_data import dequantize_embeddings, quantize_embeddings
 
 CAPTION_VARIANTS = 3
@@ -41,14 +41,30 @@ def caption_variants(row: dict) -> list[str]:
     return [row["caption"], name, f"{name}, {sub}" if sub else name]
 
 
-def build(images: Path, vae_dir: Path, out: Path, batch_size: int = 256) -> dict:
-    """Encode every split of an image set (``python -m arrowdiff.image.dataset build``) with the VAE."""
+def build_captions(images: Path, out: Path) -> dict:
+    """Embed every split's caption variants with MiniLM (CPU is fine: ~30k short texts, minutes)."""
     from arrowdiff.encoder import SentenceEncoder
-    from arrowdiff.image.shards import open_images, read_captions
+    from arrowdiff.image.shards import read_captions
+
+    encoder = SentenceEncoder(batch_size=256).load()
+    out.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for split in ("train", "val"):
+        texts = [caption_variants(r) for r in read_captions(images, split).to_pylist()]
+        flat = [t for group in texts for t in group]
+        emb = encoder.encode(flat).reshape(len(texts), CAPTION_VARIANTS, -1)
+        np.save(out / f"{split}_captions.npy", quantize_embeddings(emb))
+        (out / f"{split}_captions.json").write_text(json.dumps(texts))
+        counts[split] = len(texts)
+    return counts
+
+
+def build_latents(images: Path, vae_dir: Path, out: Path, device: str = "cpu", batch_size: int = 256) -> dict:
+    """Encode every split with the VAE (posterior mean and log-variance) and write the manifest."""
+    from arrowdiff.image.shards import open_images
     from arrowdiff.image.vae_io import load_vae
 
-    vae = load_vae(vae_dir)
-    encoder = SentenceEncoder(batch_size=256).load()
+    vae = load_vae(vae_dir, device=device)
     out.mkdir(parents=True, exist_ok=True)
     manifest: dict = {
         "format_version": 1,
@@ -61,21 +77,21 @@ def build(images: Path, vae_dir: Path, out: Path, batch_size: int = 256) -> dict
     }
     for split in ("train", "val"):
         pixels = open_images(images, split)
-        rows = read_captions(images, split).to_pylist()
         moments = []
         with torch.no_grad():
             for i in tqdm(range(0, len(pixels), batch_size), desc=f"vae encode {split}"):
                 mean, logvar = vae.encode(np.asarray(pixels[i : i + batch_size]))
-                moments.append(torch.stack([mean, logvar], 1).half().numpy())
-        texts = [caption_variants(r) for r in rows]
-        flat = [t for group in texts for t in group]
-        emb = encoder.encode(flat).reshape(len(rows), CAPTION_VARIANTS, -1)
+                moments.append(torch.stack([mean, logvar], 1).half().cpu().numpy())
         np.save(out / f"{split}_latents.npy", np.concatenate(moments))
-        np.save(out / f"{split}_captions.npy", quantize_embeddings(emb))
-        (out / f"{split}_captions.json").write_text(json.dumps(texts))
-        manifest["splits"][split] = {"images": len(rows), "latent_shape": list(moments[0].shape[2:])}
+        manifest["splits"][split] = {"images": len(pixels), "latent_shape": list(moments[0].shape[2:])}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def build(images: Path, vae_dir: Path, out: Path, device: str = "cpu") -> dict:
+    """Captions, then latents: a complete latent directory."""
+    build_captions(images, out)
+    return build_latents(images, vae_dir, out, device)
 
 
 @dataclass
@@ -122,14 +138,23 @@ class LatentSet:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m arrowdiff.training.image_data", description=__doc__)
     p.add_argument("--images", default="data/images")
-    p.add_argument("--vae", required=True, help="VAE model directory (python -m arrowdiff.image.train_vae)")
+    p.add_argument("--vae", default=None, help="VAE model directory (python -m arrowdiff.image.train_vae)")
     p.add_argument("--out", default="data/image_latents")
+    p.add_argument("--part", default="all", choices=["all", "captions", "latents"])
+    p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    m = build(Path(args.images), Path(args.vae), Path(args.out))
-    print(json.dumps(m["splits"]))
+    if args.part != "captions" and not args.vae:
+        raise ConfigError(f"--part {args.part} needs --vae <model dir>")
+    images, out = Path(args.images), Path(args.out)
+    if args.part == "captions":
+        print(json.dumps(build_captions(images, out)))
+    elif args.part == "latents":
+        print(json.dumps(build_latents(images, Path(args.vae), out, args.device)["splits"]))
+    else:
+        print(json.dumps(build(images, Path(args.vae), out, args.device)["splits"]))
     return 0
 
 
