@@ -206,6 +206,7 @@ def test_build_end_to_end(fake_downloads: Path, tmp_path: Path) -> None:
     assert all(r["caption"] for r in everything)
 
     again = build_image_set(tmp_path / "again", fake_downloads, size=16, fraction=0.35, command="test")
+    assert (out / "manifest.json").read_bytes() == (tmp_path / "again" / "manifest.json").read_bytes()
     for split in counts:  # byte-identical rebuild
         for kind in ("images", "captions"):
             assert again["splits"][split][kind]["sha256"] == manifest["splits"][split][kind]["sha256"]

@@ -184,6 +184,7 @@ def training_record(
         "device": args.device,
         "bf16": args.bf16,
         "threads": args.threads,
+        "torch": torch.__version__,
         "wall_time_s": round(wall_s, 1),
         "final_eval": final,
         "scale_factor": scale,
@@ -193,6 +194,7 @@ def training_record(
             "sources": manifest.get("sources"),
             "packages": {k: v.get("npm") for k, v in manifest.get("packages", {}).items()},
             "counts": {k: v.get("count") for k, v in manifest.get("splits", {}).items()},
+            "images_sha256": {k: v["images"].get("sha256") for k, v in manifest.get("splits", {}).items()},
             "manifest_sha256": hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest(),
         },
     }
