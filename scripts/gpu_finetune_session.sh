@@ -2,11 +2,11 @@
 # Continue training the shipped model on one GPU with memory conditioning (`arrowdiff train --memory`,
 # condition dropout 0.2) and, when image latents are given, jointly with text-to-image flow matching
 # (`--images`: image head + caption conditioner on the same backbone). The same command runs on a CPU.
-# Its inputs are built beforehand on a CPU and travel in .carry/ (the shards zstd-compressed):
+# Its inputs are built beforehand on a CPU and travel in .carry/ (shards and pixels xz-compressed):
 #
 #   python -m arrowdiff.training.memory_data --data data/shards --out data/memory            # ~20 min
 #   python -m arrowdiff.training.image_data --images data/images --vae runs/vae/model --out data/image_latents
-#   zstd -10 data/shards/*.bin --output-dir-flat .carry/shards && cp data/shards/manifest.json .carry/shards/
+#   xz -9 -k data/shards/*.bin (move the .xz files to .carry/shards/) && cp data/shards/manifest.json .carry/shards/
 #   BUDGET_S=420 OUT=$OUT scripts/gpu_finetune_session.sh                                     # on the GPU
 #   PRESET=tiny DEVICE=cpu BUDGET_S=20 MAX_STEPS=40 INIT= OUT=/tmp/o scripts/gpu_finetune_session.sh  # CPU
 #
@@ -22,9 +22,9 @@ IMAGES=${IMAGES:-data/image_latents}; IMAGE_BATCH=${IMAGE_BATCH:-256}
 BF16=$([ "$DEVICE" = cuda ] && echo --bf16 || true)
 [ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 
-if [ -d .carry/shards ]; then  # shards travel compressed: unpack next to their tokenizer
+if [ -d .carry/shards ]; then  # shards travel xz-compressed: unpack next to their tokenizer
   mkdir -p data/shards && cp .carry/shards/manifest.json data/shards/
-  for f in .carry/shards/*.zst; do zstd -q -d -f "$f" -o "data/shards/$(basename "${f%.zst}")"; done
+  for f in .carry/shards/*.xz; do xz -d -c "$f" > "data/shards/$(basename "${f%.xz}")"; done
   cp .carry/tokenizer.json data/tokenizer.json
 fi
 for d in memory image_latents; do
@@ -43,7 +43,7 @@ steps_for() { python -c "print(max(20, min($3, int($1 * 0.9 / $2) // 50 * 50)))"
 if [ -d .carry/images ]; then
   mkdir -p data/images
   for f in .carry/images/*; do
-    case "$f" in *.zst) zstd -q -d -f "$f" -o "data/images/$(basename "${f%.zst}")" ;; *) cp "$f" data/images/ ;; esac
+    case "$f" in *.xz) xz -d -c "$f" > "data/images/$(basename "${f%.xz}")" ;; *) cp "$f" data/images/ ;; esac
   done
   VAE_ARGS="--data data/images --device $DEVICE --batch-size ${VAE_BATCH:-128} --lr 1e-3 --seed 0"
   if python -m arrowdiff.image.train_vae $VAE_ARGS --steps 30 --warmup 5 --eval-every 1000 --no-export \
