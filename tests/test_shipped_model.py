@@ -29,7 +29,9 @@ def test_default_metadata_is_r15_complete() -> None:
     assert meta["model_type"] == "unified_diffusion"
     assert set(meta["diffusion_config"]) >= {"hidden_dim", "num_layers", "num_heads", "intermediate_dim"}
     assert set(meta["scheduler"]) >= {"type", "num_train_steps", "num_inference_steps"}
-    assert meta["supported_modalities"] == ["text", "code"]
+    assert meta["supported_modalities"] == ["text", "code", "image"]
+    assert meta["model_config"]["conditioners"] == ["memory", "caption"]
+    assert meta["vae"]["latent_channels"] == 4 and "vae" in meta["components"]
     assert meta["consistency_distilled"] is False
     assert meta["quantization"]["bit_width"] in (2, 4, 8)
 
@@ -47,3 +49,20 @@ def test_both_modes_loaded_side_by_side(engine: ArrowEngine) -> None:
     ar = engine.generate("The", max_new_tokens=4, mode="ar", seed=0)
     assert all(isinstance(s, str) for s in (text, code, ar))
     assert engine.generate("The", max_new_tokens=4, mode="ar", seed=0) == ar  # fixed seed: same text
+
+
+def test_default_makes_images(engine: ArrowEngine) -> None:
+    img = engine.diffuse("red heart", modality="image", num_steps=2, seed=0)
+    assert img.shape == (64, 64, 3) and img.dtype.name == "uint8"
+    assert img.std() > 5  # a picture, not a flat field
+
+
+def test_default_is_memory_guided(engine: ArrowEngine, tmp_path) -> None:
+    from arrowdiff.memory import ArrowStorage
+
+    store = ArrowStorage(tmp_path / "mem", embedder=lambda t: engine.encode(list(t)))
+    store.add("The ship sailed across the cold northern sea.")
+    engine.memory = store
+    plain = engine.diffuse("The", length=12, num_steps=4, seed=3)
+    guided = engine.diffuse("The", length=12, num_steps=4, seed=3, memory_guided=True)
+    assert isinstance(guided, str) and guided != plain  # the memory changes what is written

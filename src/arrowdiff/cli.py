@@ -126,7 +126,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from arrowdiff.errors import ConfigError
     from arrowdiff.info import describe_model
     from arrowdiff.loading import resolve_model_path
-    from arrowdiff.weights import QuantPolicy
+    from arrowdiff.weights import QuantPolicy, load_model_dir
     from arrowdiff.weights.requantize import requantize_model_dir
 
     if args.bits not in QUANTIZE_BITS:
@@ -137,8 +137,22 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--group-size {args.group_size} must be a positive integer; 32, 64 or 128 are typical"
         )
-    policy = QuantPolicy(bits=args.bits, group_size=args.group_size, method=args.method)
+    keep = []
+    for rule in args.keep:
+        glob, sep, bits = rule.rpartition("=")
+        if not sep or not glob or not bits.isdigit():
+            raise ConfigError(f"--keep {rule!r}: expected GLOB=BITS, e.g. 'out.*=8'")
+        keep.append((glob, int(bits)))
     src = resolve_model_path(args.model)
+    base = QuantPolicy(bits=args.bits, group_size=args.group_size, method=args.method)
+    source_keep = load_model_dir(src).metadata.get("quantization", {}).get("policy", {}).get("keep", [])
+    inherited = [(g, b) for g, b in source_keep if b > args.bits and (g, b) not in base.keep]
+    policy = QuantPolicy(
+        bits=args.bits,
+        group_size=args.group_size,
+        method=args.method,
+        keep=(*keep, *base.keep, *inherited),
+    )
     requantize_model_dir(src, Path(args.out), policy, progress=sys.stderr.isatty())
     print(describe_model(args.out))
     return 0
@@ -206,6 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--group-size", type=int, default=64, help="values per scale/zero group (default 64)")
     q.add_argument("--method", default="rtn", help="rtn (default) or hqq (lower error, slower)")
     q.add_argument("--out", required=True, help="new model directory (must not exist or be empty)")
+    q.add_argument(
+        "--keep",
+        action="append",
+        default=[],
+        metavar="GLOB=BITS",
+        help="store tensors whose name matches GLOB at BITS (more than --bits), e.g. 'out.*=8'; repeatable. "
+        "The source's own wider rules (e.g. a VAE kept at 16 bits) are carried over",
+    )
     q.set_defaults(func=cmd_quantize)
 
     sub.add_parser("train", help="train a model (see `arrowdiff train --help`)", add_help=False)

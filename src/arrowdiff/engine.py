@@ -113,6 +113,11 @@ class ArrowEngine:
             self._memory = ArrowStorage(path, embedder=lambda texts: self.encoder.encode(list(texts)))
         return self._memory
 
+    @memory.setter
+    def memory(self, store: object | str | os.PathLike[str] | None) -> None:
+        """Use another ArrowStorage (or the store at a path; None: the per-user default)."""
+        self._memory = store
+
     def retrieve(self, prompt: str) -> Retrieved:
         """The memories memory-guided generation would use for ``prompt`` (R5.1, R5.2)."""
         return MemoryConditioner(self.memory, k=self.memory_k).retrieve(prompt)
