@@ -54,21 +54,30 @@ class MemoryConditioner:
         self.embed = embed
 
     def retrieve(self, prompt: str) -> Retrieved:
-        """The top-K memories for ``prompt`` (an empty store gives K=0: the model runs unconditioned)."""
-        query: str | np.ndarray = prompt
-        if self.embed is not None:
-            query = self.embed([prompt])[0]
-        hits = self.store.search(query, k=self.k, method=self.method) if len(self.store) else []  # type: ignore[attr-defined]
-        emb = np.stack([np.asarray(h.memory.embedding, np.float32) for h in hits]) if hits else None
-        embeddings = torch.zeros(1, len(hits), MEMORY_EMBED_DIM)
-        if emb is not None:
-            embeddings[0] = torch.from_numpy(emb)
+        """The top-K memories for ``prompt``. An empty prompt takes the K most recent memories (equal
+        weights, score 0); an empty store gives K=0, so the model runs unconditioned."""
+        store = self.store
+        if not len(store):  # type: ignore[arg-type]
+            memories, scores, weights = [], [], []
+        elif not prompt.strip():
+            memories = store.list(newest_first=True, limit=self.k)  # type: ignore[attr-defined]
+            scores, weights = [0.0] * len(memories), [1.0 / len(memories)] * len(memories)
+        else:
+            query: str | np.ndarray = prompt if self.embed is None else self.embed([prompt])[0]
+            hits = store.search(query, k=self.k, method=self.method)  # type: ignore[attr-defined]
+            memories = [h.memory for h in hits]
+            scores, weights = [float(h.score) for h in hits], [float(h.weight) for h in hits]
+        embeddings = torch.zeros(1, len(memories), MEMORY_EMBED_DIM)
+        if memories:
+            embeddings[0] = torch.from_numpy(
+                np.stack([np.asarray(m.embedding, np.float32) for m in memories])
+            )
         return Retrieved(
-            texts=[h.memory.text for h in hits],
-            scores=[float(h.score) for h in hits],
-            weights=[float(h.weight) for h in hits],
+            texts=[m.text for m in memories],
+            scores=scores,
+            weights=weights,
             embeddings=embeddings,
-            mask=torch.ones(1, len(hits), dtype=torch.bool),
+            mask=torch.ones(1, len(memories), dtype=torch.bool),
         )
 
     @staticmethod
