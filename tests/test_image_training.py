@@ -110,3 +110,17 @@ def test_engine_makes_images_of_any_size_through_the_vae(image_run: Path) -> Non
         engine.diffuse("one", modality="image", num_steps=0)
     with pytest.raises(ConfigError, match="sampler='confidence'"):
         engine.diffuse("one", modality="image", num_steps=2, sampler="confidence")
+
+
+def test_cli_writes_a_png(image_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from PIL import Image
+
+    from arrowdiff.cli import main
+
+    out = tmp_path / "pics" / "one.png"
+    args = ["diffuse", "--model", str(image_run / "model"), "--modality", "image", "--prompt", "one"]
+    assert main([*args, "--steps", "2", "--out", str(out), "--height", "16", "--width", "24"]) == 0
+    with Image.open(out) as im:
+        assert im.size == (24, 16) and im.mode == "RGB"
+    assert main([*args, "--steps", "2"]) == 2  # an image needs a file to go to
+    assert "give --out FILE.png" in capsys.readouterr().err

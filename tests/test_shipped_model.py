@@ -66,3 +66,16 @@ def test_default_is_memory_guided(engine: ArrowEngine, tmp_path) -> None:
     plain = engine.diffuse("The", length=12, num_steps=4, seed=3)
     guided = engine.diffuse("The", length=12, num_steps=4, seed=3, memory_guided=True)
     assert isinstance(guided, str) and guided != plain  # the memory changes what is written
+
+
+def test_cli_memory_add_then_memory_guided_diffuse(tmp_path, capsys) -> None:
+    from arrowdiff.cli import main
+
+    store = str(tmp_path / "store")
+    assert main(["memory", "--store", store, "add", "Whales sing long songs in the deep ocean."]) == 0
+    capsys.readouterr()
+    args = ["diffuse", "--prompt", "The", "--length", "12", "--steps", "4", "--seed", "1", "--store", store]
+    assert main([*args, "--memory-guided"]) == 0
+    guided = capsys.readouterr().out
+    assert main(args) == 0
+    assert guided.startswith("The") and guided != capsys.readouterr().out

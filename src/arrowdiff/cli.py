@@ -17,7 +17,11 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
     p.add_argument("--length", type=int, default=64, help="tokens to generate")
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--sampler", default="confidence", help="confidence | ancestral")
+    p.add_argument(
+        "--sampler",
+        default=None,
+        help="text/code: confidence (default) | ancestral; image: euler (default) | stochastic",
+    )
     p.add_argument(
         "--confidence-noise",
         type=float,
@@ -25,7 +29,14 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
         help="Gumbel noise on the confidence ranking (0 = greedy order; confidence sampler)",
     )
     p.add_argument("--block-size", type=int, default=0, help="semi-autoregressive block size (0 = off)")
-    p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance on the prompt")
+    p.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help="classifier-free guidance (1 = off, 0 = unconditioned): on the memories with --memory-guided, "
+        "else "
+        "on the prompt (text) or caption (image; default 3)",
+    )
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--model", default=None, help="model directory (default: the shipped model)")
 
@@ -37,14 +48,18 @@ def unescape(text: str | None) -> str | None:
 
 def cmd_diffuse(args: argparse.Namespace) -> int:
     from arrowdiff import ArrowEngine
+    from arrowdiff.errors import ConfigError
 
     args.prompt, args.suffix = unescape(args.prompt), unescape(args.suffix)
-    engine = ArrowEngine.from_pretrained(args.model)
-    text = engine.diffuse(
+    if args.modality == "image" and not args.out:
+        raise ConfigError("--modality image writes a picture: give --out FILE.png")
+    engine = ArrowEngine.from_pretrained(args.model, memory=args.store)
+    result = engine.diffuse(
         args.prompt,
         modality=args.modality,
         num_steps=args.steps,
         guidance_scale=args.guidance_scale,
+        memory_guided=args.memory_guided,
         seed=args.seed,
         length=args.length,
         suffix=args.suffix,
@@ -53,12 +68,24 @@ def cmd_diffuse(args: argparse.Namespace) -> int:
         block_size=args.block_size,
         confidence_noise=args.confidence_noise,
         progress=sys.stderr.isatty(),
+        height=args.height,
+        width=args.width,
     )
-    result = args.prompt + text + (args.suffix or "")
+    if args.memory_guided and sys.stderr.isatty():
+        for text in engine.retrieve(args.prompt).texts:
+            print(f"memory: {text[:100]}", file=sys.stderr)
+    if args.modality == "image":
+        from PIL import Image
+
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(result).save(args.out)
+        print(f"{args.out}: {result.shape[1]}x{result.shape[0]} image for {args.prompt!r}")
+        return 0
+    text = args.prompt + result + (args.suffix or "")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(result)
-    print(result)
+        Path(args.out).write_text(text)
+    print(text)
     return 0
 
 
@@ -170,13 +197,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("diffuse", help="generate with the diffusion model (text, code; infilling)")
+    d = sub.add_parser(
+        "diffuse", help="generate with the diffusion model (text, code, image; infilling; memory-guided)"
+    )
     d.add_argument("--prompt", default="", help="text the output starts with, kept exactly (\\n = newline)")
     d.add_argument(
         "--suffix", default=None, help="text the output ends with: turns on infilling (\\n = newline)"
     )
-    d.add_argument("--modality", default="text", help="text | code")
-    d.add_argument("--out", default=None, help="also write the result to this file")
+    d.add_argument("--modality", default="text", help="text | code | image")
+    d.add_argument("--out", default=None, help="write the result to this file (a PNG for images)")
+    d.add_argument(
+        "--memory-guided", action="store_true", help="condition on memories retrieved for the prompt (R5)"
+    )
+    d.add_argument("--store", default=None, help="memory store (default: $ARROWDIFF_HOME/memory)")
+    d.add_argument("--height", type=int, default=None, help="image height in pixels (default: trained size)")
+    d.add_argument("--width", type=int, default=None, help="image width in pixels (default: trained size)")
     _add_sampling_args(d)
     d.set_defaults(func=cmd_diffuse)
 
