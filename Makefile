@@ -1,5 +1,5 @@
 # arrowdiff: one diffusion score network for text, code, images and speech.
-#   make demo    set up .venv (once) and generate text, code and an infill with the shipped model -> out/
+#   make demo    set up .venv (once) and generate text, code, an infill, images and memory-guided text -> out/
 #   make test    ruff + the test suite
 #   make data    rebuild the training corpus, tokenizer and token shards -> data/
 #   make bench   the text-quality, weight-format and AR benchmarks -> benchmarks/results/*.json
@@ -35,7 +35,17 @@ demo: $(STAMP)
 	@echo; echo "== infill (prefix and suffix kept exactly) =="
 	@$(BIN)/arrowdiff diffuse --modality code --prompt "import os\n\n\ndef list_python_files(root):\n" \
 		--suffix "\n    return files\n" --length 32 --steps 32 --seed 0 --out out/infill.py
-	@echo; echo "written: out/text.txt out/code.py out/infill.py"
+	@echo; echo "== image (same network, image head + VAE; 20 steps, guidance 3) =="
+	@$(BIN)/arrowdiff diffuse --modality image --prompt "red heart" --steps 20 --seed 0 --out out/heart.png
+	@$(BIN)/arrowdiff diffuse --modality image --prompt "grinning face" --steps 20 --seed 0 \
+		--height 256 --width 256 --out out/face256.png
+	@echo; echo "== memory-guided text (memories in out/memory, retrieved for the prompt) =="
+	@rm -rf out/memory
+	@$(BIN)/arrowdiff memory --store out/memory add "The whaling ship sailed north through the ice with its harpoons ready." >/dev/null
+	@$(BIN)/arrowdiff memory --store out/memory add "The crew hunted the great white whale across the ocean." >/dev/null
+	@$(BIN)/arrowdiff diffuse --memory-guided --store out/memory --prompt "The" --length 48 --steps 32 \
+		--seed 0 --out out/memory_guided.txt
+	@echo; echo "written: out/text.txt out/code.py out/infill.py out/heart.png out/face256.png out/memory_guided.txt"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -2,7 +2,7 @@
 
 Writes `benchmarks/results/memory.json`. Run from the repository root:
 
-    python -m benchmarks.memory [--model DIR] [--cases 48] [--sizes 10000,100000] [--quick]
+    python -m benchmarks.memory [--model DIR] [--cases 32] [--sizes 10000,100000] [--quick]
 
 **Relevance (R5.5).** Held-out cases come from the validation documents (never trained on): for each
 document D, four of its chunks are memories and the first tokens of a fifth chunk are the prompt. One
@@ -95,7 +95,7 @@ def relevance(
     shared = ArrowStorage(tmp / "shared", embedder=embed)
     for case in cases:
         case["ids"] = shared.add_many(case["memories"], embeddings=case["memory_emb"])
-    conditions = {"unconditioned": (False, 1.0), "memory": (True, 1.0), "memory_cfg2": (True, 2.0)}
+    conditions = {"unconditioned": (False, 1.0), "memory": (True, 1.0), "memory_cfg3": (True, 3.0)}
     gen = dict(num_steps=args.steps, length=args.length, temperature=1.0)
     out: dict[str, Any] = {}
     retrieved_precision = []
@@ -245,9 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="model directory (default: the shipped default)")
     p.add_argument("--data", default="data/shards")
     p.add_argument("--memory-data", default="data/memory")
-    p.add_argument("--cases", type=int, default=48)
+    p.add_argument("--cases", type=int, default=32)
     p.add_argument("--steps", type=int, default=32)
-    p.add_argument("--length", type=int, default=48)
+    p.add_argument("--length", type=int, default=40)
     p.add_argument("--sizes", default="10000,100000")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="8 cases, 10k memories only (smoke run)")
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
         },
     }
-    guided = rel["prompted"]["memory"]["rate"]["value"]
+    guided = rel["prompted"]["memory_cfg3"]["rate"]["value"]  # the engine default: guidance 3 on memories
     targets = [
         target(
             "R5.5",

@@ -27,6 +27,9 @@ from arrowdiff.memory.conditioner import MemoryConditioner, Retrieved
 from arrowdiff.network.denoiser import Cond
 
 TOKEN_MODALITIES = ("text", "code")
+# Default classifier-free guidance on retrieved memories: the shipped model's memory signal is weak at w=1
+# (benchmarks/results/memory.json compares w = 1 and 3), so guidance amplifies it.
+MEMORY_GUIDANCE = 3.0
 
 
 @dataclass(frozen=True)
@@ -243,9 +246,9 @@ class ArrowEngine:
         images an (H, W, 3) uint8 array (R12.6).
 
         ``suffix`` turns a text call into infilling: ``prompt`` and ``suffix`` are kept exactly and the
-        returned string is the ``length``-token middle (R1.4). ``guidance_scale`` (default: 1 for text,
-        3 for images) is classifier-free guidance on the memories when ``memory_guided``, else on the
-        prompt (text) or caption (image). ``height``/``width`` (images) default to the trained size."""
+        returned string is the ``length``-token middle (R1.4). ``guidance_scale`` is classifier-free
+        guidance on the memories when ``memory_guided`` (default 3), else on the prompt (text, default 1)
+        or the caption (image, default 3). ``height``/``width`` (images) default to the trained size."""
         if modality not in MODALITIES:
             raise ModalityError(f"unknown modality {modality!r}: expected one of {', '.join(MODALITIES)}")
         if self._core is None or self.diffusion is None:
@@ -263,6 +266,7 @@ class ArrowEngine:
                     "conditioner; load a model trained with `arrowdiff train --memory` (e.g. the default)"
                 )
             memory = self.retrieve(prompt).cond()
+            guidance_scale = MEMORY_GUIDANCE if guidance_scale is None else guidance_scale
         if modality == "image":
             return self._diffuse_image(
                 prompt, num_steps, guidance_scale, seed, sampler, spacing, height, width, progress, memory
