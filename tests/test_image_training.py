@@ -124,3 +124,22 @@ def test_cli_writes_a_png(image_run: Path, tmp_path: Path, capsys: pytest.Captur
         assert im.size == (24, 16) and im.mode == "RGB"
     assert main([*args, "--steps", "2"]) == 2  # an image needs a file to go to
     assert "give --out FILE.png" in capsys.readouterr().err
+
+
+def test_frozen_backbone_trains_only_the_image_head(
+    tiny_data: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from arrowdiff.training.train import main
+
+    latents = write_latent_set(tmp_path)
+    out = tmp_path / "frozen"
+    argv = train_argv(tiny_data, out, "--images", str(latents), "--init-from", str(tiny_model_dir), steps=10)
+    extra = ["--image-batch-size", "8", "--freeze-backbone", "--text-weight", "0", "--eval-every", "10"]
+    assert main([*argv, *extra]) == 0
+    before, after = load_model(tiny_model_dir).model, load_model(out / "model").model
+    for name, p in before.backbone.state_dict().items():
+        torch.testing.assert_close(after.backbone.state_dict()[name], p, atol=0.02, rtol=0)  # INT8 re-export
+    assert after.heads["image"].out.weight.abs().max() > 0  # the zero-initialised head has learned
+    assert "flow_mse" in read_log(out)[-1] and "nelbo" not in read_log(out)[-1]
+    with pytest.raises(ConfigError, match="--text-weight 0 leaves nothing"):
+        main(train_argv(tiny_data, tmp_path / "x", "--text-weight", "0"))

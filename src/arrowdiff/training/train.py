@@ -92,6 +92,14 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--image-batch-size", type=int, default=64, help="latents per step (global)")
     p.add_argument("--image-weight", type=float, default=1.0, help="weight of the flow loss")
     p.add_argument("--caption-dropout", type=float, default=0.1, help="share of images trained uncaptioned")
+    p.add_argument(
+        "--text-weight", type=float, default=1.0, help="weight of the text/code loss (0: images only)"
+    )
+    p.add_argument(
+        "--freeze-backbone",
+        action="store_true",
+        help="train only heads and conditioners on a frozen backbone (R4.5: a new modality as a head)",
+    )
     p.add_argument("--no-export", action="store_true", help="skip writing <out>/model at the end")
     p.add_argument("--export-bits", type=int, default=16, help="bit width of the exported model")
     return p
@@ -249,8 +257,11 @@ def train(args: argparse.Namespace) -> Path:
     cfg = make_model_config(args, int(manifest["vocab_size"]))
     torch.manual_seed(args.seed)  # identical initial weights on every rank
     model = UnifiedModel(cfg).to(args.device)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    if args.freeze_backbone:
+        model.backbone.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.dim() >= 2]
+    no_decay = [p for p in trainable if p.dim() < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=args.lr,
@@ -320,7 +331,9 @@ def train(args: argparse.Namespace) -> Path:
             )
             mem = {"memory": m.to(args.device), "memory_mask": mm.to(args.device)}
         with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=args.bf16):
-            if args.objective == "ar":
+            if args.text_weight == 0:
+                loss, stats = torch.zeros((), device=x0.device), {}
+            elif args.objective == "ar":
                 loss, stats = ar_loss(fwd_model, x0, names)
             else:
                 loss, stats = mdlm_loss(
@@ -332,11 +345,11 @@ def train(args: argparse.Namespace) -> Path:
                 img_loss, img_stats = flow_loss(
                     fwd_model, z.to(args.device), "image", gen, cap.to(args.device), keep.to(args.device)
                 )
-            loss = loss + args.image_weight * img_loss
+            loss = args.text_weight * loss + args.image_weight * img_loss
             stats.update(img_stats)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        gnorm = torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         tokens_seen += args.batch_size * args.seq_len
         if rank == 0:
@@ -387,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--steps {args.steps} must be >= 1")
     if (args.memory or args.images) and args.objective != "mdlm":
         raise ConfigError("--memory and --images train diffusion: use them with --objective mdlm")
+    if args.text_weight == 0 and not args.images:
+        raise ConfigError("--text-weight 0 leaves nothing to train: add --images")
     if args.images and (args.image_batch_size < 1 or not 0.0 <= args.caption_dropout < 1.0):
         raise ConfigError(
             f"--image-batch-size {args.image_batch_size} must be >= 1 and --caption-dropout "
