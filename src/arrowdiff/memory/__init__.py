@@ -5,11 +5,10 @@ so the loop storage -> conditioning -> network -> uncertainty -> evolution -> st
 The on-disk format is specified in ``FORMAT.md`` beside this file.
 """
 
+from arrowdiff.memory.conditioner import MemoryConditioner, Retrieved
 from arrowdiff.memory.paths import default_store_path
 from arrowdiff.memory.records import Memory, SearchHit
 from arrowdiff.memory.store import ArrowStorage, DamagedSegment, StorageWarning
-
-from arrowdiff.memory.conditioner import MemoryConditioner, Retrieved
 
 __all__ = [
     "ArrowStorage",
