@@ -78,7 +78,7 @@ bench: bench-deps
 	$(BIN)/python -m benchmarks.ar --threads 2
 
 bench-vae: image-data
-	$(BIN)/python -m benchmarks.vae_roundtrip --vae src/arrowdiff/pretrained/vae --data data/images
+	$(BIN)/python -m benchmarks.vae_roundtrip --vae src/arrowdiff/pretrained/default --data data/images
 
 clean-venv:
 	rm -rf $(VENV)

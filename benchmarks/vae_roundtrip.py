@@ -1,7 +1,7 @@
 """The image VAE's round trip on held-out emoji: SSIM/PSNR at 64x64 and 512x512, and decode/encode time at
 512x512 on this CPU. Writes `benchmarks/results/vae_roundtrip.json`. From the repository root:
 
-    python -m benchmarks.vae_roundtrip [--vae src/arrowdiff/pretrained/vae] [--data data/images]
+    python -m benchmarks.vae_roundtrip [--vae src/arrowdiff/pretrained/default] [--data data/images]
         [--data-512 data/images-512] [--n512 64] [--runs 5]
 
 a. 64x64: every held-out image of `--data` (`make image-data`; emoji names hashed into the val split, never
@@ -97,7 +97,7 @@ def timings(vae: torch.nn.Module, runs: int) -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--vae", default="src/arrowdiff/pretrained/vae", help="a model directory with a vae")
+    p.add_argument("--vae", default="src/arrowdiff/pretrained/default", help="a model directory with a vae")
     p.add_argument("--data", default="data/images", help="the 64x64 image set (`make image-data`)")
     p.add_argument(
         "--data-512", default="data/images-512", help="held-out SVGs at 512x512 (built if missing)"
