@@ -240,6 +240,38 @@ def search(memory_dir: Path, sizes: list[int], tmp: Path, n_queries: int = 200) 
     return out
 
 
+def merge_search(memory_dir: Path, sizes: list[int], threads: int) -> int:
+    """Run `search` at `sizes` and merge the figures into the existing results file (relevance kept)."""
+    import json
+
+    torch.set_num_threads(threads)
+    path = Path(__file__).parent / "results" / "memory.json"
+    old = json.loads(path.read_text())
+    with tempfile.TemporaryDirectory() as d:
+        srch = search(memory_dir, sizes, Path(d))
+    figures = old["figures"]
+    figures["search"].update(srch)
+    targets = old["targets"]
+    if "1000000" in srch:
+        targets = [t for t in targets if t["id"] != "index_recall_at_10_1m"]
+        targets.append(
+            target(
+                "index_recall_at_10_1m",
+                "ANN recall@10 at 1M memories",
+                srch["1000000"]["recall_at_10"]["value"],
+                ">=",
+                0.95,
+                "fraction",
+            )
+        )
+    sizes_arg = ",".join(map(str, sizes))
+    extra = f"python -m benchmarks.memory --search-only --sizes {sizes_arg} --threads {threads}"
+    command = old["command"] if extra in old["command"] else f"{old['command']} && {extra}"
+    out = write_results("memory", figures, targets, command=command)
+    print(out, "(search merged:", ", ".join(srch), ")")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="model directory (default: the shipped default)")
@@ -251,7 +283,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="10000,100000")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="8 cases, 10k memories only (smoke run)")
+    p.add_argument(
+        "--search-only",
+        action="store_true",
+        help="measure only index search at --sizes and merge them into the existing memory.json",
+    )
     args = p.parse_args(argv)
+    if args.search_only:
+        return merge_search(Path(args.memory_data), [int(s) for s in args.sizes.split(",")], args.threads)
     if args.quick:
         args.cases, args.sizes = 8, "10000"
     torch.set_num_threads(args.threads)

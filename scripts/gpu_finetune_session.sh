@@ -30,6 +30,13 @@ fi
 for d in memory image_latents; do
   [ -d ".carry/$d" ] && { mkdir -p data; rm -rf "data/$d"; cp -r ".carry/$d" "data/$d"; }
 done
+if [ -d .carry/speech ]; then  # speech data (mels, phones, durations) travels xz-compressed
+  mkdir -p data/speech
+  for f in .carry/speech/*; do
+    case "$f" in *.xz) xz -d -c "$f" > "data/speech/$(basename "${f%.xz}")" ;; *) cp "$f" data/speech/ ;; esac
+  done
+fi
+SPEECH=${SPEECH:-data/speech}
 per_step() {  # seconds per step of a calibration run's log.jsonl, from step 5 on
   python - "$1" <<'PY'
 import json, sys
@@ -58,9 +65,12 @@ if [ -d .carry/images ]; then
   fi
 fi
 IMG=$([ -f "$IMAGES/manifest.json" ] && echo --images "$IMAGES" --image-batch-size "$IMAGE_BATCH" || true)
+SPK=$([ -f "$SPEECH/manifest.json" ] && echo --speech "$SPEECH" --speech-batch-size "${SPEECH_BATCH:-64}" || true)
+MEM=$([ -f "$MEMORY/manifest.json" ] && echo --memory "$MEMORY" || true)
 
-common() { echo --preset "$PRESET" --data "$DATA" --memory "$MEMORY" --device "$DEVICE" $BF16 \
-  --batch-size "$BATCH" --seq-len "$SEQ" --lr "$LR" --seed 1 --export-bits 8 ${INIT:+--init-from "$INIT"} $IMG; }
+common() { echo --preset "$PRESET" --data "$DATA" $MEM --device "$DEVICE" $BF16 \
+  --batch-size "$BATCH" --seq-len "$SEQ" --lr "$LR" --seed 1 --export-bits 8 ${INIT:+--init-from "$INIT"} $IMG \
+  $SPK ${EXTRA:-}; }
 
 rm -rf "$RUNS/cal-finetune"
 python -m arrowdiff train $(common) --steps 20 --warmup 5 --eval-every 1000 --ckpt-every 1000 --no-export \

@@ -53,7 +53,29 @@ def cmd_diffuse(args: argparse.Namespace) -> int:
     args.prompt, args.suffix = unescape(args.prompt), unescape(args.suffix)
     if args.modality == "image" and not args.out:
         raise ConfigError("--modality image writes a picture: give --out FILE.png")
+    if args.modality == "audio" and not args.out:
+        raise ConfigError("--modality audio writes speech: give --out FILE.wav")
+    if args.modality != "audio" and (args.reference or args.voice):
+        raise ConfigError("--reference and --voice are for --modality audio")
     engine = ArrowEngine.from_pretrained(args.model, memory=args.store)
+    if args.modality == "audio":
+        from arrowdiff.speech_core import write_wav
+
+        speech = engine.diffuse(
+            args.prompt,
+            modality="audio",
+            num_steps=args.steps,
+            guidance_scale=args.guidance_scale,
+            seed=args.seed,
+            voice_id=args.voice,
+            reference_audio=args.reference,
+            pace=args.pace,
+            progress=sys.stderr.isatty(),
+        )
+        write_wav(args.out, speech.waveform, speech.sample_rate)
+        seconds = len(speech.waveform) / speech.sample_rate
+        print(f"{args.out}: {seconds:.2f} s of speech at {speech.sample_rate} Hz for {args.prompt!r}")
+        return 0
     result = engine.diffuse(
         args.prompt,
         modality=args.modality,
@@ -198,14 +220,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser(
-        "diffuse", help="generate with the diffusion model (text, code, image; infilling; memory-guided)"
+        "diffuse",
+        help="generate with the diffusion model (text, code, image, speech; infilling; memory-guided)",
     )
     d.add_argument("--prompt", default="", help="text the output starts with, kept exactly (\\n = newline)")
     d.add_argument(
         "--suffix", default=None, help="text the output ends with: turns on infilling (\\n = newline)"
     )
-    d.add_argument("--modality", default="text", help="text | code | image")
-    d.add_argument("--out", default=None, help="write the result to this file (a PNG for images)")
+    d.add_argument("--modality", default="text", help="text | code | image | audio")
+    d.add_argument(
+        "--out", default=None, help="write the result to this file (a PNG for images, a WAV for audio)"
+    )
+    d.add_argument("--voice", default=None, help="audio: a built-in voice id (see `arrowdiff info`)")
+    d.add_argument(
+        "--reference", default=None, help="audio: a WAV of the voice to clone (16 kHz, 5 s recommended)"
+    )
+    d.add_argument("--pace", type=float, default=1.0, help="audio: > 1 speaks slower")
     d.add_argument(
         "--memory-guided", action="store_true", help="condition on memories retrieved for the prompt (R5)"
     )

@@ -14,8 +14,14 @@ from arrowdiff.errors import ConfigError
 # Modality ids are part of the weight format: never renumber, only append.
 MODALITIES: tuple[str, ...] = ("text", "code", "image", "audio")
 # Conditioners a model may carry: each turns an external signal into cross-attention context tokens.
-CONDITIONERS: tuple[str, ...] = ("memory", "caption")
+CONDITIONERS: tuple[str, ...] = ("memory", "caption", "speaker")
 MEMORY_EMBED_DIM = 384  # MiniLM sentence embeddings key the memory store
+SPEAKER_EMBED_DIM = 192  # the voice model's speaker embedding (reference audio -> one vector)
+CONDITIONER_EMBED_DIMS = {
+    "memory": MEMORY_EMBED_DIM,
+    "caption": MEMORY_EMBED_DIM,
+    "speaker": SPEAKER_EMBED_DIM,
+}
 
 
 def modality_id(name: str) -> int:
@@ -99,6 +105,45 @@ class ImageHeadConfig:
 
 
 @dataclass(frozen=True)
+class AudioHeadConfig:
+    """Audio head over log-mel frames (16 kHz, hop 256: 62.5 frames/s) with frame-aligned phones."""
+
+    n_mels: int = 80
+    frames_per_token: int = 2  # mel frames per backbone token (31.25 tokens per second)
+    num_phones: int = 64  # rows of the phone tables (arrowdiff.speech.phones has 48; room to append)
+    mel_mean: float = -5.5  # log-mel normalisation: x = (log_mel - mean) / std
+    mel_std: float = 2.2
+    sample_rate: int = 16_000
+    hop: int = 256
+    crop_frames: int = 256  # training window (4.1 s); shorter utterances are padded with silence
+
+    def __post_init__(self) -> None:
+        for f in ("n_mels", "frames_per_token", "num_phones", "sample_rate", "hop", "crop_frames"):
+            _check(getattr(self, f) >= 1, f"AudioHeadConfig.{f}={getattr(self, f)} must be >= 1")
+        _check(self.mel_std > 0, f"AudioHeadConfig.mel_std={self.mel_std} must be > 0")
+        _check(
+            self.crop_frames % self.frames_per_token == 0,
+            f"AudioHeadConfig.crop_frames={self.crop_frames} must be a multiple of frames_per_token",
+        )
+
+
+@dataclass(frozen=True)
+class VoiceConfig:
+    """The speech front end beside the score network: reference encoder and duration predictor."""
+
+    channels: int = 256  # reference encoder width
+    embed_dim: int = SPEAKER_EMBED_DIM  # speaker embedding (input of the speaker conditioner)
+    duration_channels: int = 192  # duration predictor width
+    reference_frames: int = 160  # reference crop in training (2.6 s; any length >= 32 frames at inference)
+    voices: tuple[str, ...] = ()  # built-in voice ids, rows of the stored voice table
+
+    def __post_init__(self) -> None:
+        for f in ("channels", "embed_dim", "duration_channels", "reference_frames"):
+            _check(getattr(self, f) >= 1, f"VoiceConfig.{f}={getattr(self, f)} must be >= 1")
+        object.__setattr__(self, "voices", tuple(self.voices))
+
+
+@dataclass(frozen=True)
 class ScheduleConfig:
     """Noise schedule used in training and, by default, in sampling (R11, R15.3)."""
 
@@ -131,6 +176,8 @@ class ModelConfig:
     backbone: BackboneConfig = BackboneConfig()
     text: TextHeadConfig = TextHeadConfig()
     image: ImageHeadConfig = ImageHeadConfig()
+    audio: AudioHeadConfig = AudioHeadConfig()
+    voice: VoiceConfig = VoiceConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     objective: str = "mdlm"  # mdlm (masked diffusion) | ar (causal baseline, same backbone)
     modalities: tuple[str, ...] = ("text", "code")  # heads this model carries
@@ -149,6 +196,7 @@ class ModelConfig:
         d = asdict(self)
         d["modalities"] = list(self.modalities)
         d["conditioners"] = list(self.conditioners)
+        d["voice"]["voices"] = list(self.voice.voices)
         return d
 
     @classmethod
@@ -167,6 +215,8 @@ class ModelConfig:
             backbone=build(BackboneConfig, d.get("backbone", {})),
             text=build(TextHeadConfig, d.get("text", {})),
             image=build(ImageHeadConfig, d.get("image", {})),
+            audio=build(AudioHeadConfig, d.get("audio", {})),
+            voice=build(VoiceConfig, d.get("voice", {})),
             schedule=build(ScheduleConfig, d.get("schedule", {})),
             objective=d.get("objective", "mdlm"),
             modalities=tuple(d.get("modalities", ("text", "code"))),
@@ -182,6 +232,8 @@ def preset_tiny(vocab_size: int = 4096) -> ModelConfig:
     return ModelConfig(
         backbone=BackboneConfig(dim=32, num_layers=2, num_heads=2, mlp_dim=64, cond_dim=32, time_dim=32),
         text=TextHeadConfig(vocab_size=vocab_size),
+        audio=AudioHeadConfig(crop_frames=64),
+        voice=VoiceConfig(channels=32, duration_channels=32, reference_frames=48),
     )
 
 

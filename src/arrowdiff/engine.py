@@ -25,6 +25,7 @@ from arrowdiff.image_core import ImageCore, ImageOptions
 from arrowdiff.loading import LoadedModel, load_model
 from arrowdiff.memory.conditioner import MemoryConditioner, Retrieved
 from arrowdiff.network.denoiser import Cond
+from arrowdiff.speech_core import Speech, SpeechCore, SpeechOptions
 
 TOKEN_MODALITIES = ("text", "code")
 # Default classifier-free guidance on retrieved memories: the shipped model's memory signal is weak at w=1
@@ -101,6 +102,7 @@ class ArrowEngine:
         self.encoder = SentenceEncoder()  # MiniLM, loaded on the first encode()
         self._routers: dict[str, AdapterRouter] = {}  # "ar" / "diffusion" -> LoRA router of that model
         self._image_core: ImageCore | None = None  # built on the first image request (loads the VAE)
+        self._speech_core: SpeechCore | None = None  # built on the first speech request (loads the vocoder)
         self._memory = memory  # an ArrowStorage, a store path, or None (the per-user default store)
         self.memory_k = memory_k
 
@@ -241,14 +243,22 @@ class ArrowEngine:
         top_p: float = 1.0,
         height: int | None = None,
         width: int | None = None,
-    ) -> str | np.ndarray:
+        voice_id: str | None = None,
+        reference_audio: str | os.PathLike[str] | np.ndarray | tuple[np.ndarray, int] | None = None,
+        pace: float = 1.0,
+    ) -> str | np.ndarray | Speech:
         """Generate with the diffusion model (R12.3). Text and code return a decoded string (R12.5);
         images an (H, W, 3) uint8 array (R12.6).
 
         ``suffix`` turns a text call into infilling: ``prompt`` and ``suffix`` are kept exactly and the
         returned string is the ``length``-token middle (R1.4). ``guidance_scale`` is classifier-free
         guidance on the memories when ``memory_guided`` (default 3), else on the prompt (text, default 1)
-        or the caption (image, default 3). ``height``/``width`` (images) default to the trained size."""
+        or the caption (image, default 3). ``height``/``width`` (images) default to the trained size.
+
+        ``modality="audio"`` speaks ``prompt`` (R3, R12.7) and returns ``Speech(waveform, sample_rate)``
+        (float32 mono): in the built-in voice ``voice_id`` (see :meth:`voices`), or cloning the voice of
+        ``reference_audio`` (a WAV path, ``(wave, sample_rate)`` or a 16 kHz array; 5 s recommended);
+        ``guidance_scale`` is classifier-free guidance on the speaker (default 1.5)."""
         if modality not in MODALITIES:
             raise ModalityError(f"unknown modality {modality!r}: expected one of {', '.join(MODALITIES)}")
         if self._core is None or self.diffusion is None:
@@ -257,6 +267,12 @@ class ArrowEngine:
             raise ModalityError(
                 f"modality {modality!r} is not supported by the loaded model "
                 f"({self.diffusion.path.name}: {', '.join(self.modalities)})"
+            )
+        if modality == "audio":
+            if memory_guided:
+                raise ModalityError("memory_guided=True is for text, code and images; speech takes a voice")
+            return self._speak(
+                prompt, num_steps, guidance_scale, seed, voice_id, reference_audio, pace, progress
             )
         memory = None
         if memory_guided:
@@ -319,6 +335,42 @@ class ArrowEngine:
                 self.diffusion.model, load_vae(self.diffusion.path), lambda t: self.encode(list(t))
             )
         return self._image_core.generate(prompt, opts, seed, progress, memory)
+
+    def speech_core(self) -> SpeechCore:
+        """The loaded model's speech pipeline (stages exposed for timing and reuse)."""
+        if self.diffusion is None:
+            raise ConfigError("no diffusion model is loaded in this engine")
+        if self._speech_core is None:
+            from arrowdiff.speech.vocoder_io import load_vocoder
+
+            self._speech_core = SpeechCore(self.diffusion.model, load_vocoder(self.diffusion.path))
+        return self._speech_core
+
+    def voices(self) -> list[str]:
+        """Built-in voice ids of the loaded model (``diffuse(..., modality="audio", voice_id=...)``)."""
+        if self.diffusion is None or "audio" not in self.modalities:
+            return []
+        return list(self.diffusion.model.cfg.voice.voices)
+
+    def _speak(
+        self,
+        text: str,
+        num_steps: int | None,
+        guidance_scale: float | None,
+        seed: int | None,
+        voice_id: str | None,
+        reference: str | os.PathLike[str] | np.ndarray | tuple[np.ndarray, int] | None,
+        pace: float,
+        progress: bool,
+    ) -> Speech:
+        CommonParams(1, 1.0, seed)  # the seed means the same in every mode
+        defaults = SpeechOptions()
+        opts = SpeechOptions(
+            num_steps=defaults.num_steps if num_steps is None else num_steps,
+            guidance_scale=defaults.guidance_scale if guidance_scale is None else guidance_scale,
+            pace=pace,
+        )
+        return self.speech_core().speak(text, opts, voice_id, reference, seed, progress)
 
     def encode(self, sentences: str | Sequence[str], normalize: bool = True) -> np.ndarray:
         """Sentence embeddings (N, 384) float32 from MiniLM (all-MiniLM-L6-v2), batched; rows have unit

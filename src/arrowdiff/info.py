@@ -8,12 +8,10 @@ from collections import Counter
 from typing import Any
 
 from arrowdiff.loading import resolve_model_path
+from arrowdiff.network.model import SCORE_NETWORK_PARTS
 from arrowdiff.weights import load_model_dir
 
 BACKBONE_SHARE_TARGET = 0.90  # R4.2
-
-
-SCORE_NETWORK_PARTS = ("backbone", "heads", "conditioners")  # not "vae": a codec beside the network
 
 
 def model_summary(path: str | os.PathLike[str] | None) -> dict[str, Any]:
@@ -34,7 +32,7 @@ def model_summary(path: str | os.PathLike[str] | None) -> dict[str, Any]:
             "bits": {str(b): n for b, n in sorted(bits.items())},
         }
     total = sum(c["parameters"] for c in comps.values())
-    # R4.2 is about the score network: codecs outside it (the VAE, later vocoders) are not counted
+    # R4.2 is about the score network: codecs beside it (the VAE, the voice model, the vocoder) are not
     network = sum(c["parameters"] for n, c in comps.items() if n.split("/")[0] in SCORE_NETWORK_PARTS)
     share = comps.get("backbone", {}).get("parameters", 0) / max(network, 1)
     meta = stored.metadata

@@ -8,13 +8,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from arrowdiff.config import MEMORY_EMBED_DIM, ModelConfig, modality_id
+from arrowdiff.config import CONDITIONER_EMBED_DIMS, ModelConfig, modality_id
 from arrowdiff.errors import ModalityError
 from arrowdiff.network.backbone import SharedTransformer, count_parameters
 from arrowdiff.network.conditioning import MemoryProjection
 from arrowdiff.network.heads import get_head_builder
+from arrowdiff.network.voice import VoiceModel
 
 TOKEN_MODALITIES = ("text", "code")
+SCORE_NETWORK_PARTS = ("backbone", "heads", "conditioners")  # not the codecs beside it (vae, voice)
 
 
 class UnifiedModel(nn.Module):
@@ -34,10 +36,12 @@ class UnifiedModel(nn.Module):
                 self.heads[m] = get_head_builder(m)(cfg.text, cfg.backbone.dim, shared=text)
             else:
                 self.heads[m] = get_head_builder(m)(getattr(cfg, m), cfg.backbone.dim)
-        # memories and captions both arrive as MiniLM sentence embeddings; each has its own projection
+        # memories and captions arrive as MiniLM sentence embeddings, speakers as voice-model embeddings;
+        # each conditioner has its own projection
         self.conditioners = nn.ModuleDict(
-            {c: MemoryProjection(MEMORY_EMBED_DIM, cfg.backbone.cond_dim) for c in cfg.conditioners}
+            {c: MemoryProjection(CONDITIONER_EMBED_DIMS[c], cfg.backbone.cond_dim) for c in cfg.conditioners}
         )
+        self.voice = VoiceModel(cfg.voice, cfg.audio) if "audio" in cfg.modalities else None
 
     @property
     def causal(self) -> bool:
@@ -63,6 +67,9 @@ class UnifiedModel(nn.Module):
         memory_mask: Tensor | None = None,
         caption: Tensor | None = None,
         caption_mask: Tensor | None = None,
+        phones: Tensor | None = None,
+        speaker: Tensor | None = None,
+        speaker_mask: Tensor | None = None,
     ) -> Tensor:
         """tokens (B, T) ids, t (B,) times, one modality name per row (or one for all) -> logits (B, T, V).
         A floating-point ``tokens`` is a latent (B, C, h, w) of one continuous modality: see
@@ -70,7 +77,16 @@ class UnifiedModel(nn.Module):
 
         ``memory`` (B, K, 384) embeddings with ``memory_mask`` (B, K) go through the memory conditioner
         into cross-attention; a model with a memory conditioner given no memories attends to its null
-        token (the unconditioned model of classifier-free guidance)."""
+        token (the unconditioned model of classifier-free guidance).
+
+        Audio: ``tokens`` is a normalised mel (B, F, n_mels), ``phones`` (B, F) the phone of each frame and
+        ``speaker`` (B, 1, E) voice embeddings with ``speaker_mask`` (B, 1): see :meth:`forward_audio`."""
+        if tokens.is_floating_point() and modalities == "audio":
+            if phones is None:
+                raise ModalityError("an audio batch needs the phone of every frame (phones=)")
+            return self.forward_audio(
+                tokens, t, phones, speaker, speaker_mask, memory, memory_mask, residuals
+            )
         if tokens.is_floating_point():
             if not isinstance(modalities, str):
                 raise ModalityError("a latent batch belongs to one continuous modality; pass its name")
@@ -114,10 +130,16 @@ class UnifiedModel(nn.Module):
         memory_mask: Tensor | None,
         caption: Tensor | None = None,
         caption_mask: Tensor | None = None,
+        speaker: Tensor | None = None,
+        speaker_mask: Tensor | None = None,
     ) -> tuple[Tensor | None, Tensor | None]:
         """Cross-attention context: every conditioner's tokens (its null token when its signal is absent),
         then any raw ``context``."""
-        signals = {"memory": (memory, memory_mask), "caption": (caption, caption_mask)}
+        signals = {
+            "memory": (memory, memory_mask),
+            "caption": (caption, caption_mask),
+            "speaker": (speaker, speaker_mask),
+        }
         parts, masks = [], []
         for name, (emb, mask) in signals.items():
             if name not in self.conditioners:
@@ -161,11 +183,36 @@ class UnifiedModel(nn.Module):
         h = self.backbone(tokens, t, mod, ctx, ctx_mask, residuals, causal=False)
         return head.project(h, (x.shape[2], x.shape[3]))
 
+    def forward_audio(
+        self,
+        x: Tensor,
+        t: Tensor,
+        phones: Tensor,
+        speaker: Tensor | None = None,
+        speaker_mask: Tensor | None = None,
+        memory: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+        residuals: Sequence[Tensor] | None = None,
+    ) -> Tensor:
+        """Speech: normalised mel (B, F, n_mels) at times t (B,) with the phone of each frame (B, F) and
+        speaker embeddings (B, 1, E) through cross-attention -> velocity (B, F, n_mels)."""
+        head = self.head("audio")
+        tokens = head.embed(x, phones)
+        mod = torch.full(tokens.shape[:2], modality_id("audio"), dtype=torch.long, device=x.device)
+        ctx, ctx_mask = self._context(
+            x.shape[0], None, None, memory, memory_mask, speaker=speaker, speaker_mask=speaker_mask
+        )
+        h = self.backbone(tokens, t, mod, ctx, ctx_mask, residuals, causal=False)
+        return head.project(h)
+
     def components(self) -> dict[str, nn.Module]:
-        """Every stored component by name: 'backbone', 'heads/<modality>', 'conditioners/<name>'."""
+        """Every stored component by name: 'backbone', 'heads/<modality>', 'conditioners/<name>' and,
+        with an audio head, 'voice' (reference encoder and duration predictor)."""
         out: dict[str, nn.Module] = {"backbone": self.backbone}
         out.update({f"heads/{m}": h for m, h in self.heads.items()})
         out.update({f"conditioners/{c}": m for c, m in self.conditioners.items()})
+        if self.voice is not None:
+            out["voice"] = self.voice
         return out
 
     def parameter_split(self) -> dict[str, int]:
@@ -182,5 +229,7 @@ class UnifiedModel(nn.Module):
 
 
 def backbone_share(split: dict[str, int]) -> float:
-    """Fraction of all parameters held by the backbone (R4.2 requires >= 0.90)."""
-    return split["backbone"] / sum(split.values())
+    """Fraction of the score network's parameters held by the backbone (R4.2 requires >= 0.90); codecs
+    beside the network (the VAE, the voice model) are not counted."""
+    network = sum(n for name, n in split.items() if name.split("/")[0] in SCORE_NETWORK_PARTS)
+    return split["backbone"] / network

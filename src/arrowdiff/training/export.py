@@ -6,6 +6,7 @@ import argparse
 import hashlib
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +57,13 @@ def export_model(
     training: dict[str, Any],
     policy: QuantPolicy,
     vae_dir: Path | None = None,
+    vocoder_dir: Path | None = None,
 ) -> Path:
     """Save weights (through ArrowQuant with ``policy``), metadata.json and the tokenizer to ``out_dir``.
 
     ``vae_dir``: the VAE the image head's latents come from joins the directory as component ``vae``
-    (its convolutions kept at 16 bits)."""
+    (its convolutions kept at 16 bits). ``vocoder_dir``: the mel vocoder joins as component ``vocoder``;
+    it and the ``voice`` model are kept at 16 bits too."""
     model = model.float().cpu()
     out_dir = Path(out_dir)
     components = model.component_state_dicts()
@@ -79,6 +82,20 @@ def export_model(
             vector_bits=policy.vector_bits,
             keep=(*policy.keep, ("encoder.*", 16), ("decoder.*", 16)),
         )
+    if vocoder_dir is not None:
+        from arrowdiff.speech.vocoder_io import (
+            VOCODER_COMPONENT,
+            load_vocoder,
+            vocoder_metadata,
+            vocoder_state_dict,
+        )
+
+        voc = load_vocoder(vocoder_dir)
+        components[VOCODER_COMPONENT] = vocoder_state_dict(voc)
+        vm = vocoder_metadata(voc, load_model_dir(vocoder_dir).metadata.get("training"))
+        meta["vocoder_config"], meta["vocoder"] = vm["vocoder_config"], vm["vocoder"]
+    if "voice" in components or vocoder_dir is not None:
+        policy = replace(policy, keep=(*policy.keep, ("voice/*", 16), ("vocoder/*", 16)))
     save_model_dir(out_dir, components, meta, policy)
     shutil.copyfile(tokenizer_path, out_dir / "tokenizer.json")
     return out_dir
@@ -142,5 +159,13 @@ def export_run(
             "image_batch_size": args.image_batch_size,
             "caption_dropout": args.caption_dropout,
         }
+    if getattr(args, "speech", None):
+        training["speech_data"] = {
+            "recipe": "python -m arrowdiff.speech.build_data",
+            "manifest": json.loads((Path(args.speech) / "manifest.json").read_text()),
+            "speech_batch_size": args.speech_batch_size,
+            "speaker_dropout": args.speaker_dropout,
+        }
     policy = QuantPolicy(bits=args.export_bits)
-    return export_model(model, tokenizer_path, out / "model", training, policy, vae_dir)
+    vocoder_dir = Path(args.vocoder) if getattr(args, "vocoder", None) else None
+    return export_model(model, tokenizer_path, out / "model", training, policy, vae_dir, vocoder_dir)

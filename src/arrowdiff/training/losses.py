@@ -17,8 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from arrowdiff.errors import ModalityError
 from arrowdiff.network.model import UnifiedModel
 from arrowdiff.schedules.masking import MaskSchedule, mask_tokens, nelbo_weight
+from arrowdiff.training.speech_data import SpeechBatch
 
 
 def low_discrepancy_times(
@@ -109,3 +111,36 @@ def flow_loss(
     v = model(x_t, t, modality, caption=caption, caption_mask=caption_mask)  # a latent: the image path
     loss = F.mse_loss(v.float(), (eps - x0).float())
     return loss, {"flow_mse": loss.item()}
+
+
+def speech_loss(
+    model: UnifiedModel,
+    batch: SpeechBatch,
+    generator: torch.Generator | None = None,
+    t: Tensor | None = None,
+    duration_weight: float = 1.0,
+) -> tuple[Tensor, dict[str, float]]:
+    """Text-to-speech on the shared backbone: flow matching (as :func:`flow_loss`) on the normalised
+    log-mel of a window, given its frame-aligned phones and the speaker embedding of a *different*
+    utterance of the same voice (dropped for ``~keep_speaker`` rows), plus the duration predictor's MSE
+    on log(1 + frames) per phone (FastSpeech 2). The reference encoder learns through both."""
+    head, voice = model.head("audio"), model.voice
+    if voice is None:
+        raise ModalityError("this model has no voice model: it was built without the audio modality")
+    x0 = head.normalize(batch.mel)
+    B = x0.shape[0]
+    ref = head.normalize(batch.reference)
+    speaker = voice.embed_reference(ref)  # (B, E)
+    t = logit_normal_times(B, generator, x0.device) if t is None else t
+    eps = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
+    tt = t.view(-1, 1, 1).to(x0.dtype)
+    x_t = (1 - tt) * x0 + tt * eps
+    v = model(
+        x_t, t, "audio", phones=batch.phones, speaker=speaker[:, None, :], speaker_mask=batch.keep_speaker
+    )
+    mse = F.mse_loss(v.float(), (eps - x0).float())
+    pmask = batch.utt_phones != 0
+    log_d = voice.durations(batch.utt_phones, speaker).float()
+    target = torch.log1p(batch.utt_durations.float())
+    dur = ((log_d - target) ** 2 * pmask).sum() / pmask.sum().clamp_min(1)
+    return mse + duration_weight * dur, {"speech_flow_mse": mse.item(), "duration_mse": dur.item()}

@@ -29,9 +29,10 @@ from arrowdiff.schedules import get_mask_schedule
 from arrowdiff.training.batches import ShardSampler, fixed_windows, step_generator
 from arrowdiff.training.checkpoint import load_checkpoint, save_checkpoint
 from arrowdiff.training.image_data import LatentSet
-from arrowdiff.training.losses import ar_loss, flow_loss, mdlm_loss
+from arrowdiff.training.losses import ar_loss, flow_loss, mdlm_loss, speech_loss
 from arrowdiff.training.memory_data import MemorySet, memory_batch
 from arrowdiff.training.shards import load_manifest, open_shard
+from arrowdiff.training.speech_data import SpeechSet
 
 
 def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -96,6 +97,20 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
         "--text-weight", type=float, default=1.0, help="weight of the text/code loss (0: images only)"
     )
     p.add_argument(
+        "--speech",
+        default=None,
+        help="joint text-to-speech training: a folder from `python -m arrowdiff.speech.build_data`; adds "
+        "the audio head, the speaker conditioner and the voice model (reference encoder, durations)",
+    )
+    p.add_argument("--speech-batch-size", type=int, default=32, help="mel windows per step (global)")
+    p.add_argument("--speech-weight", type=float, default=1.0, help="weight of the speech loss")
+    p.add_argument(
+        "--speaker-dropout", type=float, default=0.1, help="share of windows trained without a speaker"
+    )
+    p.add_argument(
+        "--vocoder", default=None, help="vocoder model directory to ship inside the exported model"
+    )
+    p.add_argument(
         "--freeze-backbone",
         action="store_true",
         help="train only heads and conditioners on a frozen backbone (R4.5: a new modality as a head)",
@@ -133,6 +148,8 @@ def init_weights(model: UnifiedModel, path: str) -> None:
     # heads and conditioners the source lacks (added by this run) keep their fresh initialisation
     new = {f"conditioners.{c}." for c in model.conditioners if c not in source.conditioners}
     new |= {f"heads.{m}." for m in model.heads if m not in source.heads}
+    if model.voice is not None and source.voice is None:
+        new.add("voice.")
     missing, unexpected = model.load_state_dict(source.state_dict(), strict=False)
     if unexpected or any(not any(k.startswith(n) for n in new) for k in missing):
         raise ConfigError(f"--init-from {path}: tensors do not match (missing {missing}, extra {unexpected})")
@@ -151,6 +168,12 @@ def make_model_config(args: argparse.Namespace, vocab_size: int) -> ModelConfig:
         image = replace(cfg.image, latent_channels=c, latent_size=h, downsample=val.downsample)
         modalities, conditioners = modalities + ("image",), conditioners + ("caption",)
         schedule = replace(schedule, continuous="flow")
+    audio = cfg.audio
+    if getattr(args, "speech", None):
+        mean, std = SpeechSet.load(args.speech, "val").mel_stats()
+        audio = replace(cfg.audio, mel_mean=round(mean, 3), mel_std=round(std, 3))
+        modalities, conditioners = modalities + ("audio",), conditioners + ("speaker",)
+        schedule = replace(schedule, continuous="flow")
     return replace(
         cfg,
         objective=args.objective,
@@ -158,6 +181,7 @@ def make_model_config(args: argparse.Namespace, vocab_size: int) -> ModelConfig:
         modalities=modalities,
         conditioners=conditioners,
         image=image,
+        audio=audio,
     )
 
 
@@ -168,6 +192,7 @@ def evaluate(
     args: argparse.Namespace,
     memory_sets: dict[str, MemorySet] | None = None,
     images: LatentSet | None = None,
+    speech: SpeechSet | None = None,
 ) -> dict[str, float]:
     """Validation loss per modality: NELBO (mdlm, fixed t grid) or next-token CE (ar), nats/token.
 
@@ -207,6 +232,8 @@ def evaluate(
         out[f"val_{name}" + ("_memory" if with_memory else "")] = total / max(n, 1)
     if images is not None:
         out.update(evaluate_images(model, images, args))
+    if speech is not None:
+        out.update(evaluate_speech(model, speech, args))
     model.train()
     return out
 
@@ -234,6 +261,51 @@ def evaluate_images(model: UnifiedModel, images: LatentSet, args: argparse.Names
         out[key] = total / (8 * n)
     model.train()
     return out
+
+
+@torch.no_grad()
+def evaluate_speech(model: UnifiedModel, speech: SpeechSet, args: argparse.Namespace) -> dict[str, float]:
+    """Validation speech flow MSE at 8 fixed times with the speaker (``val_audio``) and without
+    (``val_audio_nospeaker``), and the duration predictor's log-duration MSE (``val_duration``), on the
+    same fixed windows every time."""
+    model.eval()
+    cfg = model.cfg
+    out: dict[str, float] = {}
+    for key, drop in (("val_audio", 0.0), ("val_audio_nospeaker", 1.0)):
+        flow, dur, n = 0.0, 0.0, 0
+        for k, tv in enumerate(torch.linspace(0.05, 0.95, 8).tolist()):
+            g = step_generator(args.seed, k, stream=11)
+            n = min(32, 4 * len(speech))
+            b = speech.batch(n, cfg.audio.crop_frames, cfg.voice.reference_frames, g, drop)
+            t = torch.full((n,), tv, device=speech.device)
+            with torch.autocast(speech.device.type, dtype=torch.bfloat16, enabled=args.bf16):
+                _, stats = speech_loss(model, b, g, t=t)
+            flow, dur, n = flow + stats["speech_flow_mse"], dur + stats["duration_mse"], n + 1
+        out[key] = flow / n
+        if drop == 0.0:
+            out["val_duration"] = dur / n
+    model.train()
+    return out
+
+
+def builtin_voices(model: UnifiedModel, speech: SpeechSet, per_voice: int = 16) -> None:
+    """Set the model's built-in voices: each training speaker's mean reference embedding over
+    ``per_voice`` reference windows (re-normalised), so ``voice_id`` works without reference audio."""
+    assert model.voice is not None
+    head = model.head("audio")
+    g = torch.Generator().manual_seed(0)
+    R = model.cfg.voice.reference_frames
+    table = []
+    with torch.no_grad():
+        for pool in speech.by_speaker:
+            utt = pool[torch.randint(0, len(pool), (per_voice,), generator=g).numpy()]
+            n = speech.n_frames[utt]
+            start = (torch.rand(per_voice, generator=g).numpy() * (n - R + 1).clip(1)).astype("int64")
+            mel, _, _ = speech._gather(utt, start, R, tile=True)
+            emb = model.voice.embed_reference(head.normalize(mel.transpose(1, 2)).float())
+            table.append(torch.nn.functional.normalize(emb.mean(0), dim=0))
+    model.voice.set_voices(speech.speaker_names, torch.stack(table))
+    model.cfg = replace(model.cfg, voice=model.voice.cfg)
 
 
 def train(args: argparse.Namespace) -> Path:
@@ -302,6 +374,10 @@ def train(args: argparse.Namespace) -> Path:
         }
     images = LatentSet.load(args.images, "train") if args.images else None
     val_images = LatentSet.load(args.images, "val") if args.images else None
+    speech = SpeechSet.load(args.speech, "train", args.device) if args.speech else None
+    val_speech = SpeechSet.load(args.speech, "val", args.device) if args.speech else None
+    if speech is not None and ddp:
+        raise ConfigError("--speech trains the voice model outside DDP's forward: run it on one process")
     local_bs = args.batch_size // world
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -347,6 +423,15 @@ def train(args: argparse.Namespace) -> Path:
                 )
             loss = args.text_weight * loss + args.image_weight * img_loss
             stats.update(img_stats)
+        if speech is not None:
+            sb = speech.batch(
+                args.speech_batch_size, cfg.audio.crop_frames, cfg.voice.reference_frames, gen,
+                args.speaker_dropout,
+            )  # fmt: skip
+            with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=args.bf16):
+                sp_loss, sp_stats = speech_loss(model, sb, gen)
+            loss = loss + args.speech_weight * sp_loss
+            stats.update(sp_stats)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -362,7 +447,7 @@ def train(args: argparse.Namespace) -> Path:
                 "elapsed_s": round(elapsed + time.perf_counter() - t0, 3),
             }
             if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
-                rec.update(evaluate(model, val, args, val_memory, val_images))
+                rec.update(evaluate(model, val, args, val_memory, val_images, val_speech))
                 tqdm.write(json.dumps(rec))
             log.write(json.dumps(rec) + "\n")
             stopping = args.stop_at and step + 1 >= args.stop_at
@@ -384,6 +469,9 @@ def train(args: argparse.Namespace) -> Path:
         if finished and not args.no_export:
             from arrowdiff.training.export import export_run
 
+            if speech is not None:
+                builtin_voices(model, speech)
+                cfg = model.cfg
             export_run(
                 out, model, cfg, tok_path, manifest, args, tokens_seen, elapsed + time.perf_counter() - t0
             )
@@ -398,10 +486,15 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(argv)
     if args.steps < 1 or math.isnan(args.lr):
         raise ConfigError(f"--steps {args.steps} must be >= 1")
-    if (args.memory or args.images) and args.objective != "mdlm":
-        raise ConfigError("--memory and --images train diffusion: use them with --objective mdlm")
-    if args.text_weight == 0 and not args.images:
-        raise ConfigError("--text-weight 0 leaves nothing to train: add --images")
+    if (args.memory or args.images or args.speech) and args.objective != "mdlm":
+        raise ConfigError("--memory, --images and --speech train diffusion: use them with --objective mdlm")
+    if args.text_weight == 0 and not (args.images or args.speech):
+        raise ConfigError("--text-weight 0 leaves nothing to train: add --images or --speech")
+    if args.speech and (args.speech_batch_size < 1 or not 0.0 <= args.speaker_dropout < 1.0):
+        raise ConfigError(
+            f"--speech-batch-size {args.speech_batch_size} must be >= 1 and --speaker-dropout "
+            f"{args.speaker_dropout} in [0, 1)"
+        )
     if args.images and (args.image_batch_size < 1 or not 0.0 <= args.caption_dropout < 1.0):
         raise ConfigError(
             f"--image-batch-size {args.image_batch_size} must be >= 1 and --caption-dropout "

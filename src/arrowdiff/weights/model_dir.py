@@ -77,7 +77,7 @@ def save_model_dir(
     files = {name: component_file(name) for name in components}
     dir.mkdir(parents=True, exist_ok=True)
     for name, tensors in components.items():
-        write_component(dir / files[name], tensors, policy)
+        write_component(dir / files[name], tensors, policy.for_component(name))
     meta = dict(metadata)
     meta["format_version"] = FORMAT_VERSION
     meta.setdefault("model_type", MODEL_TYPE)

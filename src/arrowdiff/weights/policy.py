@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -41,6 +41,22 @@ class QuantPolicy:
             check_bits(rule[1])
         keep = tuple((p, b) for p, b in self.keep)
         object.__setattr__(self, "keep", keep)  # lists (e.g. from JSON) become tuples
+
+    def for_component(self, component: str) -> QuantPolicy:
+        """The policy for one component's tensors. A rule whose glob has a ``/`` names the component too
+        (``"voice/*"``, ``"heads/text/out.*"``) and applies only inside matching components; the others
+        apply everywhere."""
+        keep = []
+        for pattern, b in self.keep:
+            if "/" not in pattern:
+                keep.append((pattern, b))
+            elif pattern.startswith(component + "/"):
+                keep.append((pattern[len(component) + 1 :], b))
+            else:
+                comp, _, rest = pattern.rpartition("/")
+                if fnmatchcase(component, comp):
+                    keep.append((rest, b))
+        return replace(self, keep=tuple(keep))
 
     def bits_for(self, name: str, tensor: torch.Tensor) -> int:
         """The width ``name`` is stored at."""

@@ -87,7 +87,10 @@ def requantize_model_dir(src: Path, dst: Path, policy: QuantPolicy, progress: bo
         with tqdm(
             total=total, desc=f"{policy.bits}-bit {policy.method}", unit="tensor", disable=not progress
         ) as bar:
-            comps = {name: _Requantized(tensors, policy, bar) for name, tensors in stored.components.items()}
+            comps = {
+                name: _Requantized(tensors, policy.for_component(name), bar)
+                for name, tensors in stored.components.items()
+            }
             save_model_dir(dst, comps, meta, policy)  # metadata.json last: the dir is complete
     except BaseException:
         if created:  # leave nothing half-written behind

@@ -1,5 +1,6 @@
 """Projection heads, one per modality (R4.7)."""
 
+from arrowdiff.network.heads.audio import AudioHead
 from arrowdiff.network.heads.base import (
     HEAD_BUILDERS,
     HEAD_PARAM_LIMIT,
@@ -11,6 +12,7 @@ from arrowdiff.network.heads.image import ImageHead
 from arrowdiff.network.heads.text import TokenHead
 
 __all__ = [
+    "AudioHead",
     "HEAD_BUILDERS",
     "HEAD_PARAM_LIMIT",
     "Head",
