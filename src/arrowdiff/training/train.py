@@ -272,18 +272,18 @@ def evaluate_speech(model: UnifiedModel, speech: SpeechSet, args: argparse.Names
     cfg = model.cfg
     out: dict[str, float] = {}
     for key, drop in (("val_audio", 0.0), ("val_audio_nospeaker", 1.0)):
-        flow, dur, n = 0.0, 0.0, 0
-        for k, tv in enumerate(torch.linspace(0.05, 0.95, 8).tolist()):
+        flow, dur, grid = 0.0, 0.0, torch.linspace(0.05, 0.95, 8).tolist()
+        rows = min(32, 4 * len(speech))
+        for k, tv in enumerate(grid):
             g = step_generator(args.seed, k, stream=11)
-            n = min(32, 4 * len(speech))
-            b = speech.batch(n, cfg.audio.crop_frames, cfg.voice.reference_frames, g, drop)
-            t = torch.full((n,), tv, device=speech.device)
+            b = speech.batch(rows, cfg.audio.crop_frames, cfg.voice.reference_frames, g, drop)
+            t = torch.full((rows,), tv, device=speech.device)
             with torch.autocast(speech.device.type, dtype=torch.bfloat16, enabled=args.bf16):
                 _, stats = speech_loss(model, b, g, t=t)
-            flow, dur, n = flow + stats["speech_flow_mse"], dur + stats["duration_mse"], n + 1
-        out[key] = flow / n
+            flow, dur = flow + stats["speech_flow_mse"], dur + stats["duration_mse"]
+        out[key] = flow / len(grid)
         if drop == 0.0:
-            out["val_duration"] = dur / n
+            out["val_duration"] = dur / len(grid)
     model.train()
     return out
 

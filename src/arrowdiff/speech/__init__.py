@@ -1,0 +1,1 @@
+"""Speech: log-mels, the phone set, and the multi-speaker synthetic speech data set."""
