@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from arrowdiff import ArrowEngine
@@ -20,7 +21,8 @@ def test_shipped_files_verify(name: str) -> None:
     stored = load_model_dir(PRETRAINED_DIR / name, verify=True)  # every tensor's sha256
     meta = stored.metadata
     assert meta["diffusion_config"]["hidden_dim"] == 384
-    assert meta["training"]["tokens_seen"] > 100_000_000
+    # a continued run records its own tokens and those of the whole chain it continued
+    assert meta["training"].get("tokens_seen_total", meta["training"]["tokens_seen"]) > 100_000_000
     assert meta["training"]["command"].startswith("arrowdiff train")
 
 
@@ -29,9 +31,11 @@ def test_default_metadata_is_r15_complete() -> None:
     assert meta["model_type"] == "unified_diffusion"
     assert set(meta["diffusion_config"]) >= {"hidden_dim", "num_layers", "num_heads", "intermediate_dim"}
     assert set(meta["scheduler"]) >= {"type", "num_train_steps", "num_inference_steps"}
-    assert meta["supported_modalities"] == ["text", "code", "image"]
-    assert meta["model_config"]["conditioners"] == ["memory", "caption"]
+    assert meta["supported_modalities"] == ["text", "code", "image", "audio"]
+    assert meta["model_config"]["conditioners"] == ["memory", "caption", "speaker"]
     assert meta["vae"]["latent_channels"] == 4 and "vae" in meta["components"]
+    assert {"voice", "vocoder"} <= set(meta["components"]) and meta["vocoder"]["sample_rate"] == 16000
+    assert len(meta["model_config"]["voice"]["voices"]) == 30  # the training pseudo-speakers
     assert meta["consistency_distilled"] is False
     assert meta["quantization"]["bit_width"] in (2, 4, 8)
 
@@ -49,6 +53,19 @@ def test_both_modes_loaded_side_by_side(engine: ArrowEngine) -> None:
     ar = engine.generate("The", max_new_tokens=4, mode="ar", seed=0)
     assert all(isinstance(s, str) for s in (text, code, ar))
     assert engine.generate("The", max_new_tokens=4, mode="ar", seed=0) == ar  # fixed seed: same text
+
+
+def test_default_speaks_in_builtin_and_cloned_voices(engine: ArrowEngine, tmp_path) -> None:
+    from arrowdiff.speech_core import write_wav
+
+    wave, sr = engine.diffuse("Hello there.", modality="audio", voice_id="slt+0", num_steps=2, seed=0)
+    assert sr == 16000 and wave.dtype.name == "float32" and 0.5 < len(wave) / sr < 3.0
+    assert np.abs(wave).max() <= 1.0 and wave.std() > 1e-3  # sound, not silence or clipping garbage
+    again = engine.diffuse("Hello there.", modality="audio", voice_id="slt+0", num_steps=2, seed=0)
+    assert np.array_equal(wave, again.waveform)
+    ref = write_wav(tmp_path / "ref.wav", wave, sr)  # clone the voice of that clip
+    cloned = engine.diffuse("Good morning.", modality="audio", reference_audio=str(ref), num_steps=2, seed=0)
+    assert cloned.sample_rate == 16000 and len(cloned.waveform) > 0
 
 
 def test_default_makes_images(engine: ArrowEngine) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 from arrowdiff.config import ModelConfig
 from arrowdiff.network.model import UnifiedModel, backbone_share
 from arrowdiff.weights import QuantPolicy, load_model_dir, save_model_dir
+from arrowdiff.weights.model_dir import read_metadata
 
 
 def model_metadata(cfg: ModelConfig, model: UnifiedModel, training: dict[str, Any]) -> dict[str, Any]:
@@ -101,6 +102,18 @@ def export_model(
     return out_dir
 
 
+def init_provenance(init_dir: Path, tokens_seen: int) -> dict[str, Any]:
+    """Where a continued run started: the init model's own training record (its command, tokens and seed,
+    without its nested history) and ``tokens_seen_total``, the tokens of the whole chain of runs."""
+    src = read_metadata(Path(init_dir)).get("training", {})
+    before = int(src.get("tokens_seen_total", src.get("tokens_seen", 0)) or 0)
+    keep = ("command", "tokens_seen", "tokens_seen_total", "steps", "seed", "wall_time_s")
+    return {
+        "init_from": {"path": str(init_dir), "training": {k: src[k] for k in keep if k in src}},
+        "tokens_seen_total": before + tokens_seen,
+    }
+
+
 def export_run(
     out: Path,
     model: UnifiedModel,
@@ -142,6 +155,8 @@ def export_run(
             },
         },
     }
+    if getattr(args, "init_from", None):
+        training.update(init_provenance(Path(args.init_from), tokens_seen))
     vae_dir = None
     if getattr(args, "memory", None):
         training["memory_data"] = {

@@ -34,6 +34,10 @@ def attach_component(
     comps[component] = source.components[component]
     meta = dict(model.metadata)
     meta.update({k: source.metadata[k] for k in metadata_keys})
+    meta["attached"] = [
+        *[a for a in meta.get("attached", []) if a.get("component") != component],
+        {"component": component, "from": str(source_dir), "metadata_keys": list(metadata_keys)},
+    ]
     q = model.metadata.get("quantization", {}).get("policy")
     policy = QuantPolicy.from_dict(q) if q else QuantPolicy()
     wide = max((st.bits for st in source.components[component].values() if len(st.shape) >= 2), default=16)
