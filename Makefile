@@ -48,7 +48,12 @@ demo: $(STAMP)
 	@$(BIN)/arrowdiff memory --store out/memory add "The crew hunted the great white whale across the ocean." >/dev/null
 	@$(BIN)/arrowdiff diffuse --memory-guided --store out/memory --prompt "The" --length 48 --steps 32 \
 		--seed 0 --out out/memory_guided.txt
-	@echo; echo "written: out/text.txt out/code.py out/infill.py out/heart.png out/face256.png out/memory_guided.txt"
+	@echo; echo "== speech (same network, audio head + vocoder; built-in voice, then a cloned one) =="
+	@$(BIN)/arrowdiff diffuse --modality audio --prompt "Hello there, this is one shared network speaking." \
+		--voice slt+0 --seed 0 --out out/hello.wav
+	@$(BIN)/arrowdiff diffuse --modality audio --prompt "The quick brown fox jumps over the lazy dog." \
+		--reference out/hello.wav --seed 0 --out out/cloned.wav
+	@echo; echo "written: out/text.txt out/code.py out/infill.py out/heart.png out/face256.png out/memory_guided.txt out/hello.wav out/cloned.wav"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

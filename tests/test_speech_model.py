@@ -151,3 +151,23 @@ def test_joint_speech_training_exports_voice_vocoder_and_speaks(speech_run: Path
     assert cloned.sample_rate == 16000
     with pytest.raises(ConfigError, match="unknown voice_id 'nobody'"):
         engine.diffuse("Hi.", modality="audio", voice_id="nobody", num_steps=2)
+
+
+def test_speech_sampler_starts_from_seeded_unit_noise(speech_run: Path) -> None:
+    """The mel sampler starts from N(0, I) frames (rounded up to whole tokens) drawn from the given
+    generator: the same generator gives the same mel, another one a different mel."""
+    from arrowdiff import ArrowEngine
+    from arrowdiff.samplers import initial_noise
+
+    core = ArrowEngine.from_pretrained(speech_run / "model").speech_core()
+    phones = core.phonemes("Good morning.")
+    spk = core.speaker(voice_id="low")
+    dur = core.durations(phones, spk)
+    assert dur.shape == (len(phones),) and int(dur.min()) >= 1
+    a = core.sample_mel(phones, dur, spk, 2, 1.0, torch.Generator().manual_seed(3))
+    b = core.sample_mel(phones, dur, spk, 2, 1.0, torch.Generator().manual_seed(3))
+    c = core.sample_mel(phones, dur, spk, 2, 1.0, torch.Generator().manual_seed(4))
+    frames = -(-int(dur.sum()) // 2) * 2
+    assert a.shape == (80, frames) and torch.equal(a, b) and not torch.equal(a, c)
+    noise = initial_noise((64, frames, 80), torch.Generator().manual_seed(0))
+    assert abs(float(noise.mean())) < 0.02 and abs(float(noise.std()) - 1) < 0.02
