@@ -195,7 +195,9 @@ def main() -> None:
     dirs = {4: ensure_smollm2(4), 8: ensure_smollm2(8)}
     variants = {  # name -> (directory bits, compute form)
         "ours_int4": (4, "int4pack"),
+        "ours_int4_int8dyn": (4, "int8dyn"),  # the same INT4 file, computed through fbgemm int8
         "ours_int8": (8, "bf16"),
+        "ours_int8_int8dyn": (8, "int8dyn"),
         "ours_bf16": (4, "bf16"),
         "ours_fp32": (4, "fp32"),
     }
@@ -218,8 +220,11 @@ def main() -> None:
     targets = []
     ours_best = min(latency[n]["ms_per_token"] for n in variants)
     if "ms_per_token" in latency.get("llamacpp_q4_1", {}):
-        ratio = latency["ours_int4"]["ms_per_token"] / latency["llamacpp_q4_1"]["ms_per_token"]
-        targets.append(target("ar_ms_per_token_vs_llamacpp", "ours INT4 / llama.cpp Q4_1 ms per token",
+        int4 = min(("ours_int4", "ours_int4_int8dyn"), key=lambda n: latency[n]["ms_per_token"])
+        figures["int4_file_fastest_compute"] = variants[int4][1]
+        ratio = latency[int4]["ms_per_token"] / latency["llamacpp_q4_1"]["ms_per_token"]
+        targets.append(target("ar_ms_per_token_vs_llamacpp",
+                              f"ours INT4 file ({variants[int4][1]} compute) / llama.cpp Q4_1 ms per token",
                               round(ratio, 3), "<=", 1.5, "x"))  # fmt: skip
     hf = [latency[n]["ms_per_token"] for n in latency if n.startswith("transformers_")]
     if hf:

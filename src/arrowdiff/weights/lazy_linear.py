@@ -10,7 +10,11 @@ fused kernel, so the stored codes are converted ONCE, on first forward (or :meth
                 Xiao et al. 2023) -- best for many-token diffusion passes
     "int4pack"  torch's tinygemm-style packed INT4 kernel with bf16 activations; the stored zero point and
                 scale map exactly onto the kernel's (scale, zero) pairs, 2-bit codes are offset to 6..9
-                so that the kernel's centred form keeps small multipliers -- best for one-token decode
+                so that the kernel's centred form keeps small multipliers -- best for one-token decode on
+                CPUs with native bf16
+    "int8dyn"   fbgemm's dynamic-quantised linear: per-output-channel int8 weight prepacked once, fp32
+                activations quantised per call (Jacob et al. 2018; PyTorch dynamic quantization) -- the
+                fast one-token form on AVX2-only CPUs, where bf16 and torch._int_mm are slow
 
 Notation: x (..., K) activations, W (N, K) weight, y (..., N).
 """
@@ -24,7 +28,7 @@ from arrowdiff.errors import ConfigError
 from arrowdiff.weights.parquet import StoredTensor
 from arrowdiff.weights.quantize import unpack
 
-COMPUTE_FORMS = ("fp32", "bf16", "int8", "int4pack")
+COMPUTE_FORMS = ("fp32", "bf16", "int8", "int4pack", "int8dyn")
 INT4PACK_GROUP_SIZES = (32, 64, 128, 256)
 _INNER_K_TILES = 2
 
@@ -33,6 +37,27 @@ def _absmax_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-row int8: x ~ q * s with q in [-127, 127]; s is (rows, 1) fp32."""
     s = x.abs().amax(-1, keepdim=True).clamp(min=1e-12) / 127.0
     return torch.round(x / s).clamp(-127, 127).to(torch.int8), s
+
+
+def fbgemm_pack(w: torch.Tensor) -> object:
+    """Prepack an (N, K) float weight for ``torch.ops.quantized.linear_dynamic`` with symmetric
+    per-output-channel int8 scales."""
+    import warnings
+
+    w = w.float().contiguous()
+    scale = (w.abs().amax(1) / 127.0).clamp(min=1e-8).double()
+    with warnings.catch_warnings():  # quantized tensor creation warns of a future deprecation
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            wq = torch.quantize_per_channel(
+                w, scale, torch.zeros(len(scale), dtype=torch.long), 0, torch.qint8
+            )
+            return torch.ops.quantized.linear_prepack(wq, None)
+        except (RuntimeError, AttributeError) as e:
+            raise ConfigError(
+                f"compute='int8dyn' needs torch's quantized CPU engine (fbgemm/x86), unavailable here ({e}); "
+                "use 'int4pack' or 'bf16'"
+            ) from e
 
 
 def int4pack_weight(stored: StoredTensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,6 +102,7 @@ class QuantLinear(torch.nn.Module):
         # filled by materialize(); buffers so that .to() moves them, non-persistent so state_dict stays empty
         for name in ("w", "w_scale", "scale_zero", "b"):
             self.register_buffer(name, None, persistent=False)
+        self.packed: object = None  # int8dyn: fbgemm's prepacked weight
 
     @property
     def materialized(self) -> bool:
@@ -100,6 +126,10 @@ class QuantLinear(torch.nn.Module):
         if self.compute == "int4pack":
             self.w, self.scale_zero = int4pack_weight(self.stored)
             return
+        if self.compute == "int8dyn":
+            self.packed = fbgemm_pack(self.stored.to_tensor(torch.float32))
+            self.w = torch.empty(0)  # marks the layer materialized; the weight lives in ``packed``
+            return
         if self.compute == "int8":
             w = self.stored.to_tensor(torch.float32)
             self.w, self.w_scale = _absmax_int8(w)  # (N, K) int8, (N, 1)
@@ -114,7 +144,9 @@ class QuantLinear(torch.nn.Module):
             y = F.linear(x.to(self.w.dtype), self.w, self.b)
             return y.to(dtype)
         x2 = x.reshape(-1, self.in_features)  # (M, K)
-        if self.compute == "int8":
+        if self.compute == "int8dyn":
+            y = torch.ops.quantized.linear_dynamic(x2.float().contiguous(), self.packed, True)
+        elif self.compute == "int8":
             xq, xs = _absmax_int8(x2.float())  # (M, K) int8, (M, 1)
             y = torch._int_mm(xq, self.w.t()).float() * xs * self.w_scale  # (M, N)
         else:
