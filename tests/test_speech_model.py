@@ -18,7 +18,7 @@ from arrowdiff.network.heads.audio import frame_phones
 from arrowdiff.network.model import UnifiedModel, backbone_share
 from arrowdiff.speech_core import SpeechOptions, check_reference, read_wav, write_wav
 from arrowdiff.training.losses import speech_loss
-from arrowdiff.training.speech_data import SpeechSet
+from arrowdiff.training.speech_data import SpeechWindows
 
 
 def audio_config() -> ModelConfig:
@@ -62,7 +62,7 @@ def test_frame_phones_is_a_length_regulator() -> None:
 
 
 def test_speech_batches_pair_each_window_with_another_utterance_of_its_speaker(speech_folder: Path) -> None:
-    data = SpeechSet.load(speech_folder, "train")
+    data = SpeechWindows.load(speech_folder, "train")
     g = torch.Generator().manual_seed(0)
     b = data.batch(16, 64, 40, g, speaker_dropout=0.5)
     assert b.mel.shape == (16, 64, 80) and b.phones.shape == (16, 64) and b.reference.shape == (16, 80, 40)
@@ -78,7 +78,7 @@ def test_speech_batches_pair_each_window_with_another_utterance_of_its_speaker(s
 def test_speech_loss_trains_the_reference_encoder_and_durations(speech_folder: Path) -> None:
     torch.manual_seed(0)
     model = UnifiedModel(audio_config())
-    data = SpeechSet.load(speech_folder, "train")
+    data = SpeechWindows.load(speech_folder, "train")
     b = data.batch(8, 64, 40, torch.Generator().manual_seed(1), 0.0)
     loss, stats = speech_loss(model, b, torch.Generator().manual_seed(2))
     loss.backward()

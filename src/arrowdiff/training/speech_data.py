@@ -34,8 +34,9 @@ class SpeechBatch:
     utt_durations: Tensor  # (B, P) frames per phone
 
 
-class SpeechSet:
-    """One split of a speech folder, resident on ``device``."""
+class SpeechWindows:
+    """One split of a speech folder as training windows, resident on ``device`` (the plain per-utterance
+    reader is :class:`arrowdiff.speech.dataset.SpeechSet`)."""
 
     def __init__(self, folder: Path, split: str, device: str | torch.device = "cpu") -> None:
         folder = Path(folder)
@@ -81,7 +82,7 @@ class SpeechSet:
         self.dur_pad = torch.from_numpy(dur_pad).to(self.device)
 
     @classmethod
-    def load(cls, folder: str | Path, split: str, device: str | torch.device = "cpu") -> SpeechSet:
+    def load(cls, folder: str | Path, split: str, device: str | torch.device = "cpu") -> SpeechWindows:
         return cls(Path(folder), split, device)
 
     def __len__(self) -> int:
@@ -146,4 +147,4 @@ def _dequant(codes: Tensor) -> Tensor:
     return codes.float() / 255.0 * (hi - lo) + lo
 
 
-__all__ = ["SpeechBatch", "SpeechSet"]
+__all__ = ["SpeechBatch", "SpeechWindows"]

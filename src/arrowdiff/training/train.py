@@ -32,7 +32,7 @@ from arrowdiff.training.image_data import LatentSet
 from arrowdiff.training.losses import ar_loss, flow_loss, mdlm_loss, speech_loss
 from arrowdiff.training.memory_data import MemorySet, memory_batch
 from arrowdiff.training.shards import load_manifest, open_shard
-from arrowdiff.training.speech_data import SpeechSet
+from arrowdiff.training.speech_data import SpeechWindows
 
 
 def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -170,7 +170,7 @@ def make_model_config(args: argparse.Namespace, vocab_size: int) -> ModelConfig:
         schedule = replace(schedule, continuous="flow")
     audio = cfg.audio
     if getattr(args, "speech", None):
-        mean, std = SpeechSet.load(args.speech, "val").mel_stats()
+        mean, std = SpeechWindows.load(args.speech, "val").mel_stats()
         audio = replace(cfg.audio, mel_mean=round(mean, 3), mel_std=round(std, 3))
         modalities, conditioners = modalities + ("audio",), conditioners + ("speaker",)
         schedule = replace(schedule, continuous="flow")
@@ -192,7 +192,7 @@ def evaluate(
     args: argparse.Namespace,
     memory_sets: dict[str, MemorySet] | None = None,
     images: LatentSet | None = None,
-    speech: SpeechSet | None = None,
+    speech: SpeechWindows | None = None,
 ) -> dict[str, float]:
     """Validation loss per modality: NELBO (mdlm, fixed t grid) or next-token CE (ar), nats/token.
 
@@ -264,7 +264,7 @@ def evaluate_images(model: UnifiedModel, images: LatentSet, args: argparse.Names
 
 
 @torch.no_grad()
-def evaluate_speech(model: UnifiedModel, speech: SpeechSet, args: argparse.Namespace) -> dict[str, float]:
+def evaluate_speech(model: UnifiedModel, speech: SpeechWindows, args: argparse.Namespace) -> dict[str, float]:
     """Validation speech flow MSE at 8 fixed times with the speaker (``val_audio``) and without
     (``val_audio_nospeaker``), and the duration predictor's log-duration MSE (``val_duration``), on the
     same fixed windows every time."""
@@ -288,7 +288,7 @@ def evaluate_speech(model: UnifiedModel, speech: SpeechSet, args: argparse.Names
     return out
 
 
-def builtin_voices(model: UnifiedModel, speech: SpeechSet, per_voice: int = 16) -> None:
+def builtin_voices(model: UnifiedModel, speech: SpeechWindows, per_voice: int = 16) -> None:
     """Set the model's built-in voices: each training speaker's mean reference embedding over
     ``per_voice`` reference windows (re-normalised), so ``voice_id`` works without reference audio."""
     assert model.voice is not None
@@ -374,8 +374,8 @@ def train(args: argparse.Namespace) -> Path:
         }
     images = LatentSet.load(args.images, "train") if args.images else None
     val_images = LatentSet.load(args.images, "val") if args.images else None
-    speech = SpeechSet.load(args.speech, "train", args.device) if args.speech else None
-    val_speech = SpeechSet.load(args.speech, "val", args.device) if args.speech else None
+    speech = SpeechWindows.load(args.speech, "train", args.device) if args.speech else None
+    val_speech = SpeechWindows.load(args.speech, "val", args.device) if args.speech else None
     if speech is not None and ddp:
         raise ConfigError("--speech trains the voice model outside DDP's forward: run it on one process")
     local_bs = args.batch_size // world
