@@ -11,7 +11,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint data image-data bench bench-deps bench-vae clean-venv
+.PHONY: demo test lint data image-data speech-data bench bench-deps bench-vae clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -72,6 +72,10 @@ data: $(STAMP)
 
 image-data: $(STAMP)
 	$(BIN)/python -m arrowdiff.image.dataset build --out data/images --downloads data/downloads --size 64 --seed 0
+
+speech-data: $(STAMP)  # needs flite, festival (kal, ked voices) and sox; see .ci/run for the apt line
+	$(BIN)/python -m arrowdiff.speech.build_data --out data/speech --train 3000 --val 100 --heldout 60 \
+		--seed 0 --workers 2
 
 bench-deps: $(STAMP)
 	$(BIN)/python -m pip install -q -r benchmarks/requirements.txt -c <(echo torch==2.13.0)
