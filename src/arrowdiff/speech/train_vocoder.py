@@ -201,7 +201,7 @@ def data_record(data: Path) -> dict[str, Any]:
                 "seconds": round(s.seconds, 1),
                 "utts_sha256": hashlib.sha256(utts).hexdigest(),
             }
-    return {"recipe": manifest.get("command") or "python -m arrowdiff.speech.dataset", "splits": splits}
+    return {"recipe": manifest.get("command") or "python -m arrowdiff.speech.build_data", "splits": splits}
 
 
 def training_record(

@@ -60,7 +60,7 @@ def load_wave_split(data: Path, split: str) -> WaveSplit:
         if not f.is_file():
             raise ConfigError(
                 f"{f} is missing: --data must be a speech data folder with {split}_utts.parquet and "
-                f"{split}_wave.npy (build it with python -m arrowdiff.speech.dataset)"
+                f"{split}_wave.npy (build it with python -m arrowdiff.speech.build_data)"
             )
     table = pq.read_table(utts, columns=["n_samples", "wave_offset"])
     lengths = table.column("n_samples").to_numpy().astype(np.int64)
