@@ -43,6 +43,7 @@ def test_default_metadata_is_r15_complete() -> None:
 def test_backbone_holds_90_percent() -> None:
     s = model_summary(None)
     assert s["backbone_share"] >= 0.90
+    assert "slt+0" in s["voices"] and len(s["voices"]) == 30  # listed by `arrowdiff info`
     assert all(c["parameters"] < 10_000_000 for n, c in s["components"].items() if n.startswith("heads/"))
 
 

@@ -50,6 +50,7 @@ def model_summary(path: str | os.PathLike[str] | None) -> dict[str, Any]:
         "backbone_share": round(share, 4),
         "backbone_share_ok": share >= BACKBONE_SHARE_TARGET,
         "training": {k: meta.get("training", {}).get(k) for k in ("command", "tokens_seen", "steps", "seed")},
+        "voices": list(meta.get("model_config", {}).get("voice", {}).get("voices", [])),
     }
 
 
@@ -78,6 +79,8 @@ def describe_model(path: str | os.PathLike[str] | None, as_json: bool = False) -
         lines.append(
             f"\nbackbone share {share:.1%} of the score network ({ok} the R4.2 target of {goal:.0%})"
         )
+    if s["voices"]:
+        lines.append(f"voices       {', '.join(s['voices'])} (--voice / voice_id=)")
     t = s["training"]
     if t.get("command") and t.get("tokens_seen") is None:
         lines.append(f"\nmade by      {t['command']}")
