@@ -23,7 +23,6 @@ they have not seen, so every instance sees the writes of every other process.
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 import warnings
@@ -38,6 +37,7 @@ import numpy as np
 
 from arrowdiff.encoder import EMBED_DIM
 from arrowdiff.errors import ConfigError, StorageError
+from arrowdiff.memory.checks import check_label, check_payload, check_text, encode_metadata, one_row
 from arrowdiff.memory.compaction import merge_entries, plan_compaction
 from arrowdiff.memory.durable import TMP_PREFIX, StoreLock, fsync_dir, make_dirs
 from arrowdiff.memory.index import IndexCache, IndexConfig, index_key
@@ -281,7 +281,7 @@ class ArrowStorage:
         """Store one memory durably; return its id."""
         return self.add_many(
             [text],
-            None if embedding is None else _one_row(embedding),
+            None if embedding is None else one_row(embedding),
             modality=modality,
             kind=kind,
             metadatas=None if metadata is None else [metadata],
@@ -301,17 +301,17 @@ class ArrowStorage:
         """Store several memories in one durable write (one segment, one fsync); return their ids."""
         if isinstance(texts, str):
             raise ConfigError("add_many() takes a list of texts; use add() for one text")
-        texts = [_check_text(t) for t in texts]
+        texts = [check_text(t) for t in texts]
         n = len(texts)
         for name, values in (("metadatas", metadatas), ("payloads", payloads)):
             if values is not None and len(values) != n:
                 raise ConfigError(
                     f"{name} has {len(values)} entries for {n} texts; give one per text or None"
                 )
-        _check_label("modality", modality)
-        _check_label("kind", kind)
-        metas = [_encode_metadata(m) for m in (metadatas or [None] * n)]
-        pays = [_check_payload(p) for p in (payloads or [None] * n)]
+        check_label("modality", modality)
+        check_label("kind", kind)
+        metas = [encode_metadata(m) for m in (metadatas or [None] * n)]
+        pays = [check_payload(p) for p in (payloads or [None] * n)]
         if n == 0:
             return []
         emb = self._embed(texts) if embeddings is None else self._check_embeddings(embeddings, n)
@@ -336,13 +336,13 @@ class ArrowStorage:
     ) -> Memory:
         """Change fields of a memory (``metadata`` replaces the old dict); re-embed when the text changes
         and no embedding is given. Keeps id and created_at. Returns the new record."""
-        new_text = None if text is None else _check_text(text)
+        new_text = None if text is None else check_text(text)
         for name, value in (("modality", modality), ("kind", kind)):
             if value is not None:
-                _check_label(name, value)
-        meta = None if metadata is None else _encode_metadata(metadata)
-        pay = None if payload is None else _check_payload(payload)
-        emb = None if embedding is None else self._check_embeddings(_one_row(embedding), 1)[0]
+                check_label(name, value)
+        meta = None if metadata is None else encode_metadata(metadata)
+        pay = None if payload is None else check_payload(payload)
+        emb = None if embedding is None else self._check_embeddings(one_row(embedding), 1)[0]
         old = self.get(id_)
         if emb is None and new_text is not None and new_text != old.text:
             emb = self._embed([new_text])[0]  # embedded before taking the lock: writers wait less
@@ -605,7 +605,7 @@ class ArrowStorage:
 
     def _check_query(self, query: str | np.ndarray) -> None:
         if isinstance(query, str):
-            _check_text(query, what="query")
+            check_text(query, what="query")
         elif np.asarray(query).size != self.dim:
             raise ConfigError(
                 f"query embedding shape {tuple(np.asarray(query).shape)}, expected ({self.dim},): "
@@ -628,12 +628,6 @@ def _live(names: Any) -> list[SegmentName]:
     return live
 
 
-def _one_row(embedding: Any) -> np.ndarray:
-    """A single embedding given as (D,) or (1, D), as (1, D) (other shapes pass through to be refused)."""
-    emb = np.asarray(embedding)
-    return emb[None] if emb.ndim == 1 else emb
-
-
 def _apply(state: dict[str, Memory], entries: list[Entry]) -> None:
     for id_, memory in entries:
         if memory is None:
@@ -644,37 +638,3 @@ def _apply(state: dict[str, Memory], entries: list[Entry]) -> None:
 
 def _matches(m: Memory, kind: str | None, modality: str | None) -> bool:
     return (kind is None or m.kind == kind) and (modality is None or m.modality == modality)
-
-
-def _check_text(text: Any, what: str = "text") -> str:
-    if not isinstance(text, str):
-        raise ConfigError(f"{what} must be a string, got {type(text).__name__}")
-    if not text.strip():
-        raise ConfigError(f"{what} {text!r} is empty; give at least one non-space character")
-    return text
-
-
-def _check_label(name: str, value: Any) -> None:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{name}={value!r} must be a non-empty string (e.g. {name}='text')")
-
-
-def _encode_metadata(metadata: dict[str, Any] | None) -> str:
-    if metadata is None:
-        return "{}"
-    if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
-        raise ConfigError(f"metadata must be a dict with string keys, got {metadata!r}")
-    try:
-        return json.dumps(metadata, ensure_ascii=False, sort_keys=True, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(
-            f"metadata {metadata!r} is not JSON-serialisable ({e}); use str, number, list, dict"
-        ) from e
-
-
-def _check_payload(payload: Any) -> str | None:
-    if payload is None:
-        return None
-    if not isinstance(payload, str | os.PathLike):
-        raise ConfigError(f"payload must be a string or path, got {type(payload).__name__}")
-    return os.fspath(payload)
