@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -116,11 +115,3 @@ def wer_figure(refs: Sequence[str], hyps: Sequence[str], seconds: Sequence[float
     if seconds:
         out["audio_seconds"] = {"total": float(sum(seconds)), "unit": "s"}
     return out
-
-
-def write_wav(path: Path, wave: np.ndarray, sr: int) -> None:
-    """16-bit PCM WAV through soundfile (peak-clipped to [-1, 1])."""
-    import soundfile as sf
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), np.clip(np.asarray(wave, dtype=np.float32), -1.0, 1.0), sr, subtype="PCM_16")

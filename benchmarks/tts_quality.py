@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from arrowdiff.speech.dataset import SpeechSet
 from arrowdiff.speech.evaluate import cosine, speaker_embeddings, transcribe
+from arrowdiff.speech.wav import write_wav
 from benchmarks.common import target, write_results
 from benchmarks.speech_cases import (
     COS_UNIT,
@@ -49,7 +50,6 @@ from benchmarks.speech_cases import (
     speaker_order,
     summary,
     wer_figure,
-    write_wav,
 )
 
 Wave = tuple[np.ndarray, int]  # (float32 mono samples, sample rate)

@@ -59,7 +59,7 @@ def cmd_diffuse(args: argparse.Namespace) -> int:
         raise ConfigError("--reference and --voice are for --modality audio")
     engine = ArrowEngine.from_pretrained(args.model, memory=args.store)
     if args.modality == "audio":
-        from arrowdiff.speech_core import write_wav
+        from arrowdiff.speech.wav import write_wav
 
         speech = engine.diffuse(
             args.prompt,

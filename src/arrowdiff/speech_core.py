@@ -10,7 +10,6 @@ Each stage is a method of its own so benchmarks can time them apart.
 
 from __future__ import annotations
 
-import wave as wavelib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from arrowdiff.samplers import initial_noise, sample_euler
 from arrowdiff.schedules import timesteps
 from arrowdiff.speech.mel import MelConfig, log_mel
 from arrowdiff.speech.phones import phone_ids, text_to_phones
+from arrowdiff.speech.wav import read_wav, write_wav
 
 MIN_REFERENCE_S = 1.0  # shortest reference accepted (5 s recommended)
 MAX_FRAMES = 2048  # 32 s of speech per call
@@ -60,40 +60,6 @@ class SpeechOptions:
             raise ConfigError(f"guidance_scale={self.guidance_scale} must be in [0, 20] (1 = no guidance)")
         if not 0.25 <= self.pace <= 4.0:
             raise ConfigError(f"pace={self.pace} must be in [0.25, 4] (1 = the voice's own pace)")
-
-
-def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
-    """A PCM WAV file -> (float32 mono samples in [-1, 1], sample rate). No resampling."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"reference audio {p} does not exist")
-    try:
-        with wavelib.open(str(p), "rb") as w:
-            sr, ch, width, n = w.getframerate(), w.getnchannels(), w.getsampwidth(), w.getnframes()
-            raw = w.readframes(n)
-    except (wavelib.Error, EOFError) as e:
-        raise ConfigError(
-            f"{p} is not a readable PCM WAV file ({e}); convert it: sox in.x -b 16 out.wav"
-        ) from e
-    if width not in (1, 2, 4):
-        raise ConfigError(f"{p}: {8 * width}-bit samples are not supported; convert to 16-bit PCM")
-    dtype = {1: np.uint8, 2: np.int16, 4: np.int32}[width]
-    x = np.frombuffer(raw, dtype=dtype).astype(np.float32)
-    x = (x - 128.0) / 128.0 if width == 1 else x / float(np.iinfo(dtype).max)
-    return x.reshape(-1, ch).mean(axis=1), sr
-
-
-def write_wav(path: str | Path, waveform: np.ndarray, sample_rate: int) -> Path:
-    """Write a mono float waveform as 16-bit PCM WAV."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    pcm = (np.clip(np.asarray(waveform, dtype=np.float32), -1.0, 1.0) * 32767.0).round().astype("<i2")
-    with wavelib.open(str(p), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(int(sample_rate))
-        w.writeframes(pcm.tobytes())
-    return p
 
 
 def check_reference(wave: np.ndarray, sample_rate: int, expected_rate: int) -> np.ndarray:

@@ -54,10 +54,11 @@ class SpeechSet:
     manifest: dict[str, Any]
 
     @classmethod
-    def load(cls, folder: Path | str, split: str) -> SpeechSet:
-        """Open split ``split`` of the data set in ``folder`` (written by ``arrowdiff.speech.build_data``)."""
+    def load(cls, folder: Path | str, split: str, arrays: tuple[str, ...] = ARRAYS) -> SpeechSet:
+        """Open split ``split`` of the data set in ``folder`` (written by ``arrowdiff.speech.build_data``),
+        with the ``arrays`` a caller needs (a training copy may lack the waves)."""
         folder = Path(folder)
-        files = split_files(folder, split)
+        files = {k: p for k, p in split_files(folder, split).items() if k == "utts" or k in arrays}
         missing = [str(p) for p in [folder / MANIFEST, *files.values()] if not p.exists()]
         if missing:
             raise ConfigError(
@@ -66,9 +67,9 @@ class SpeechSet:
             )
         table = pq.read_table(files["utts"])
         index = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
-        arrays = {a: np.load(files[a], mmap_mode="r", allow_pickle=False) for a in ARRAYS}
+        loaded = {a: np.load(files[a], mmap_mode="r", allow_pickle=False) for a in arrays}
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-        return cls(folder, split, index, arrays, manifest)
+        return cls(folder, split, index, loaded, manifest)
 
     def __len__(self) -> int:
         return len(self.index["utt_id"])

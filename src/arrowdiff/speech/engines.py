@@ -14,13 +14,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-import wave
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
 from arrowdiff.errors import ConfigError
+from arrowdiff.speech import wav
 
 SAMPLE_RATE = 16_000
 FLITE_VOICES = ("slt", "awb", "kal16", "rms")
@@ -65,13 +65,8 @@ def _resample(x: np.ndarray, rate: int) -> np.ndarray:
 
 
 def read_wav(path: Path) -> np.ndarray:
-    """16-bit mono (or first channel) WAV -> float32 in [-1, 1] at 16 kHz (sox resamples other rates)."""
-    with wave.open(str(path), "rb") as w:
-        if w.getsampwidth() != 2:
-            raise ConfigError(f"{path}: expected 16-bit PCM, got {8 * w.getsampwidth()}-bit")
-        rate, channels = w.getframerate(), w.getnchannels()
-        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-    x = pcm.reshape(-1, channels)[:, 0].astype(np.float32) / 32768.0
+    """An engine's WAV -> float32 mono in [-1, 1] at 16 kHz (sox resamples other rates)."""
+    x, rate = wav.read_wav(path)
     return x if rate == SAMPLE_RATE else _resample(x, rate)
 
 

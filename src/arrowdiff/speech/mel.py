@@ -103,8 +103,10 @@ def quantize_mel(mel: Tensor | np.ndarray) -> np.ndarray:
 
 
 def dequantize_mel(codes: np.ndarray | Tensor) -> Tensor:
+    """uint8 codes -> float32 log-mel (a tensor stays on its device)."""
     lo, hi = UINT8_RANGE
-    return torch.as_tensor(np.asarray(codes), dtype=torch.float32) / 255.0 * (hi - lo) + lo
+    x = codes if isinstance(codes, Tensor) else torch.from_numpy(np.asarray(codes))
+    return x.float() / 255.0 * (hi - lo) + lo
 
 
 __all__ = ["MelConfig", "log_mel", "mel_filterbank", "quantize_mel", "dequantize_mel", "LOG_FLOOR"]

@@ -29,7 +29,6 @@ import math
 import shlex
 import sys
 import time
-import wave
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +51,7 @@ from arrowdiff.speech.vocoder_loss import (
     multi_resolution_stft_loss,
     reconstruction_loss,
 )
+from arrowdiff.speech.wav import write_wav
 
 PROG = "python -m arrowdiff.speech.train_vocoder"
 
@@ -157,16 +157,6 @@ def evaluate(vocoder: Vocoder, waves: list[Tensor], cfg: MelConfig) -> dict[str,
 def evaluate_griffin_lim(waves: list[Tensor], cfg: MelConfig, iters: int) -> dict[str, float]:
     """Griffin-Lim's mean scores over the same ``waves``, as ``gl_*`` (the no-training baseline)."""
     return mean_scores([score(griffin_lim(log_mel(w, cfg), cfg, iters), w, cfg) for w in waves], "gl")
-
-
-def write_wav(path: Path, samples: np.ndarray, sample_rate: int) -> None:
-    """16-bit mono PCM WAV (standard library ``wave``)."""
-    pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype("<i2")
-    with wave.open(str(path), "wb") as f:
-        f.setnchannels(1)
-        f.setsampwidth(2)
-        f.setframerate(sample_rate)
-        f.writeframes(pcm.tobytes())
 
 
 @torch.no_grad()

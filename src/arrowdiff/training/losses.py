@@ -92,6 +92,17 @@ def logit_normal_times(
     return torch.sigmoid(torch.randn(batch, generator=generator)).clamp(1e-4, 1 - 1e-4).to(device)
 
 
+def flow_pair(
+    x0: Tensor, generator: torch.Generator | None = None, t: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The flow-matching training pair for data x0 (B, ...): times t (B,) (logit-normal unless given),
+    x_t = (1 - t) x0 + t eps and the velocity target eps - x0."""
+    t = logit_normal_times(x0.shape[0], generator, x0.device) if t is None else t
+    eps = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
+    tt = t.view(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
+    return t, (1 - tt) * x0 + tt * eps, eps - x0
+
+
 def flow_loss(
     model: UnifiedModel,
     x0: Tensor,
@@ -103,13 +114,9 @@ def flow_loss(
 ) -> tuple[Tensor, dict[str, float]]:
     """Conditional flow matching (Lipman et al. 2023) on latents x0 (B, C, h, w): mean squared error of
     the predicted velocity against eps - x0 at x_t = (1 - t) x0 + t eps."""
-    B = x0.shape[0]
-    t = logit_normal_times(B, generator, x0.device) if t is None else t
-    eps = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
-    tt = t.view(-1, 1, 1, 1).to(x0.dtype)
-    x_t = (1 - tt) * x0 + tt * eps
+    t, x_t, target = flow_pair(x0, generator, t)
     v = model(x_t, t, modality, caption=caption, caption_mask=caption_mask)  # a latent: the image path
-    loss = F.mse_loss(v.float(), (eps - x0).float())
+    loss = F.mse_loss(v.float(), target.float())
     return loss, {"flow_mse": loss.item()}
 
 
@@ -128,17 +135,12 @@ def speech_loss(
     if voice is None:
         raise ModalityError("this model has no voice model: it was built without the audio modality")
     x0 = head.normalize(batch.mel)
-    B = x0.shape[0]
-    ref = head.normalize(batch.reference)
-    speaker = voice.embed_reference(ref)  # (B, E)
-    t = logit_normal_times(B, generator, x0.device) if t is None else t
-    eps = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
-    tt = t.view(-1, 1, 1).to(x0.dtype)
-    x_t = (1 - tt) * x0 + tt * eps
+    speaker = voice.embed_reference(head.normalize(batch.reference))  # (B, E)
+    t, x_t, target = flow_pair(x0, generator, t)
     v = model(
         x_t, t, "audio", phones=batch.phones, speaker=speaker[:, None, :], speaker_mask=batch.keep_speaker
     )
-    mse = F.mse_loss(v.float(), (eps - x0).float())
+    mse = F.mse_loss(v.float(), target.float())
     pmask = batch.utt_phones != 0
     log_d = voice.durations(batch.utt_phones, speaker).float()
     target = torch.log1p(batch.utt_durations.float())

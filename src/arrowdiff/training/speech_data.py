@@ -10,17 +10,16 @@ step's generator, so batches are a pure function of (seed, step) on any device.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
 from arrowdiff.errors import ConfigError
-from arrowdiff.speech.mel import UINT8_RANGE, dequantize_mel
+from arrowdiff.speech.dataset import SpeechSet
+from arrowdiff.speech.mel import dequantize_mel
 from arrowdiff.speech.phones import PAD_ID, SILENCE, phone_id
 
 
@@ -39,24 +38,17 @@ class SpeechWindows:
     reader is :class:`arrowdiff.speech.dataset.SpeechSet`)."""
 
     def __init__(self, folder: Path, split: str, device: str | torch.device = "cpu") -> None:
-        folder = Path(folder)
-        index = folder / f"{split}_utts.parquet"
-        if not index.exists():
-            raise ConfigError(
-                f"{index} is missing: build the speech data with `python -m arrowdiff.speech.build_data "
-                f"--out {folder}`"
-            )
-        utts = pq.read_table(index).to_pydict()
-        self.manifest = json.loads((folder / "manifest.json").read_text())
-        mel = np.load(folder / f"{split}_mel.npy", allow_pickle=False)
-        phones = np.load(folder / f"{split}_phones.npy", allow_pickle=False).astype(np.int64)
-        durations = np.load(folder / f"{split}_durations.npy", allow_pickle=False).astype(np.int64)
-        self.n_frames = np.asarray(utts["n_frames"], dtype=np.int64)
-        self.mel_offset = np.asarray(utts["mel_offset"], dtype=np.int64)
-        p_off = np.asarray(utts["phone_offset"], dtype=np.int64)
-        p_n = np.asarray(utts["n_phones"], dtype=np.int64)
-        self.speakers = list(utts["speaker"])
-        self.texts = list(utts["text"])
+        data = SpeechSet.load(folder, split, arrays=("mel", "phones", "durations"))
+        self.manifest = data.manifest
+        mel = np.asarray(data.arrays["mel"])
+        phones = data.arrays["phones"].astype(np.int64)
+        durations = data.arrays["durations"].astype(np.int64)
+        self.n_frames = data.index["n_frames"].astype(np.int64)
+        self.mel_offset = data.index["mel_offset"].astype(np.int64)
+        p_off = data.index["phone_offset"].astype(np.int64)
+        p_n = data.index["n_phones"].astype(np.int64)
+        self.speakers = [str(s) for s in data.index["speaker"]]
+        self.texts = [str(t) for t in data.index["text"]]
         names = sorted(set(self.speakers))
         self.speaker_names = names
         self.speaker_index = np.array([names.index(s) for s in self.speakers], dtype=np.int64)
@@ -94,7 +86,7 @@ class SpeechWindows:
         m = dequantize_mel(self.mel[::step].cpu().numpy())
         return float(m.mean()), float(m.std())
 
-    def _gather(
+    def gather(
         self, utt: np.ndarray, start: np.ndarray, length: int, tile: bool
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Log-mel windows (B, length, n_mels), their validity (B, length) and frame indices."""
@@ -103,7 +95,7 @@ class SpeechWindows:
         valid = pos < n
         pos = pos % n if tile else np.minimum(pos, n - 1)
         idx = torch.from_numpy(self.mel_offset[utt][:, None] + pos).to(self.device)
-        return _dequant(self.mel[idx]), torch.from_numpy(valid | tile).to(self.device), idx
+        return dequantize_mel(self.mel[idx]), torch.from_numpy(valid | tile).to(self.device), idx
 
     def batch(
         self, batch_size: int, crop: int, ref_frames: int, generator: torch.Generator, speaker_dropout: float
@@ -112,8 +104,8 @@ class SpeechWindows:
         utt = torch.randint(0, len(self), (batch_size,), generator=g).numpy()
         n = self.n_frames[utt]
         start = (torch.rand(batch_size, generator=g).numpy() * np.maximum(n - crop + 1, 1)).astype(np.int64)
-        mel, valid, idx = self._gather(utt, start, crop, tile=False)
-        silence = _dequant(torch.zeros((), device=self.device))
+        mel, valid, idx = self.gather(utt, start, crop, tile=False)
+        silence = dequantize_mel(torch.zeros((), device=self.device))
         mel = torch.where(valid[..., None], mel, silence)
         phones = torch.where(valid, self.frame_phone[idx], phone_id(SILENCE))
         # the reference: another utterance of the same speaker (the same one only if it is alone)
@@ -128,7 +120,7 @@ class SpeechWindows:
         rstart = (torch.rand(batch_size, generator=g).numpy() * np.maximum(rn - ref_frames + 1, 1)).astype(
             np.int64
         )
-        reference, _, _ = self._gather(ref, rstart, ref_frames, tile=True)
+        reference, _, _ = self.gather(ref, rstart, ref_frames, tile=True)
         keep = torch.rand(batch_size, generator=g) >= speaker_dropout
         u = torch.from_numpy(utt).to(self.device)
         return SpeechBatch(
@@ -139,12 +131,6 @@ class SpeechWindows:
             utt_phones=self.phone_pad[u],
             utt_durations=self.dur_pad[u],
         )
-
-
-def _dequant(codes: Tensor) -> Tensor:
-    """uint8 codes -> log-mel on the codes' device (see ``arrowdiff.speech.mel.quantize_mel``)."""
-    lo, hi = UINT8_RANGE
-    return codes.float() / 255.0 * (hi - lo) + lo
 
 
 __all__ = ["SpeechBatch", "SpeechWindows"]

@@ -301,7 +301,7 @@ def builtin_voices(model: UnifiedModel, speech: SpeechWindows, per_voice: int = 
             utt = pool[torch.randint(0, len(pool), (per_voice,), generator=g).numpy()]
             n = speech.n_frames[utt]
             start = (torch.rand(per_voice, generator=g).numpy() * (n - R + 1).clip(1)).astype("int64")
-            mel, _, _ = speech._gather(utt, start, R, tile=True)
+            mel, _, _ = speech.gather(utt, start, R, tile=True)
             emb = model.voice.embed_reference(head.normalize(mel.transpose(1, 2)).float())
             table.append(torch.nn.functional.normalize(emb.mean(0), dim=0))
     model.voice.set_voices(speech.speaker_names, torch.stack(table))
