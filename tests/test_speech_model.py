@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import read_log, train_argv
-from speech_fixtures import write_speech_folder
+from conftest import read_log
 
 from arrowdiff.config import ModelConfig, get_preset
 from arrowdiff.errors import ConfigError, ModalityError
@@ -24,11 +23,6 @@ from arrowdiff.training.speech_data import SpeechWindows
 def audio_config() -> ModelConfig:
     cfg = get_preset("tiny")
     return replace(cfg, modalities=("text", "code", "audio"), conditioners=("speaker",))
-
-
-@pytest.fixture(scope="module")
-def speech_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_speech_folder(tmp_path_factory.mktemp("speech"))
 
 
 def test_audio_head_shapes_and_zero_init_output() -> None:
@@ -108,23 +102,6 @@ def test_wav_round_trip(tmp_path: Path) -> None:
     (tmp_path / "bad.wav").write_bytes(b"RIFF....not a wav")
     with pytest.raises(ConfigError, match="not a readable PCM WAV"):
         read_wav(tmp_path / "bad.wav")
-
-
-@pytest.fixture(scope="module")
-def speech_run(tiny_data: Path, speech_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from arrowdiff.speech.vocoder import Vocoder, tiny_vocoder_config
-    from arrowdiff.speech.vocoder_io import save_vocoder
-    from arrowdiff.training.train import main
-
-    tmp = tmp_path_factory.mktemp("speech_run")
-    torch.manual_seed(0)
-    vocoder = save_vocoder(
-        Vocoder(tiny_vocoder_config()), tmp / "vocoder", training={"note": "random (test)"}
-    )
-    out = tmp / "run"
-    argv = train_argv(tiny_data, out, "--speech", str(speech_folder), "--vocoder", str(vocoder), steps=16)
-    assert main([*argv, "--speech-batch-size", "8", "--eval-every", "16"]) == 0
-    return out
 
 
 def test_joint_speech_training_exports_voice_vocoder_and_speaks(speech_run: Path, tmp_path: Path) -> None:

@@ -55,8 +55,8 @@ def cmd_diffuse(args: argparse.Namespace) -> int:
         raise ConfigError("--modality image writes a picture: give --out FILE.png")
     if args.modality == "audio" and not args.out:
         raise ConfigError("--modality audio writes speech: give --out FILE.wav")
-    if args.modality != "audio" and (args.reference or args.voice):
-        raise ConfigError("--reference and --voice are for --modality audio")
+    if args.modality != "audio" and (args.reference or args.voice or args.start_time is not None):
+        raise ConfigError("--reference, --voice and --start-time are for --modality audio")
     engine = ArrowEngine.from_pretrained(args.model, memory=args.store)
     if args.modality == "audio":
         from arrowdiff.speech.wav import write_wav
@@ -70,6 +70,7 @@ def cmd_diffuse(args: argparse.Namespace) -> int:
             voice_id=args.voice,
             reference_audio=args.reference,
             pace=args.pace,
+            start_time=args.start_time,
             progress=sys.stderr.isatty(),
         )
         write_wav(args.out, speech.waveform, speech.sample_rate)
@@ -236,6 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--reference", default=None, help="audio: a WAV of the voice to clone (16 kHz, 5 s recommended)"
     )
     d.add_argument("--pace", type=float, default=1.0, help="audio: > 1 speaks slower")
+    d.add_argument(
+        "--start-time",
+        type=float,
+        default=None,
+        help="audio: shallow diffusion starts from the mel prior noised to this time (1 = pure noise)",
+    )
     d.add_argument(
         "--memory-guided", action="store_true", help="condition on memories retrieved for the prompt (R5)"
     )

@@ -246,6 +246,7 @@ class ArrowEngine:
         voice_id: str | None = None,
         reference_audio: str | os.PathLike[str] | np.ndarray | tuple[np.ndarray, int] | None = None,
         pace: float = 1.0,
+        start_time: float | None = None,
     ) -> str | np.ndarray | Speech:
         """Generate with the diffusion model (R12.3). Text and code return a decoded string (R12.5);
         images an (H, W, 3) uint8 array (R12.6).
@@ -258,7 +259,8 @@ class ArrowEngine:
         ``modality="audio"`` speaks ``prompt`` (R3, R12.7) and returns ``Speech(waveform, sample_rate)``
         (float32 mono): in the built-in voice ``voice_id`` (see :meth:`voices`), or cloning the voice of
         ``reference_audio`` (a WAV path, ``(wave, sample_rate)`` or a 16 kHz array; 5 s recommended);
-        ``guidance_scale`` is classifier-free guidance on the speaker (default 1.5)."""
+        ``guidance_scale`` is classifier-free guidance on the speaker (default 1.5); ``start_time`` is where
+        the flow starts when the model has a mel prior (shallow diffusion; default 0.5, 1 = pure noise)."""
         if modality not in MODALITIES:
             raise ModalityError(f"unknown modality {modality!r}: expected one of {', '.join(MODALITIES)}")
         if self._core is None or self.diffusion is None:
@@ -272,7 +274,7 @@ class ArrowEngine:
             if memory_guided:
                 raise ModalityError("memory_guided=True is for text, code and images; speech takes a voice")
             return self._speak(
-                prompt, num_steps, guidance_scale, seed, voice_id, reference_audio, pace, progress
+                prompt, num_steps, guidance_scale, seed, voice_id, reference_audio, pace, progress, start_time
             )
         memory = None
         if memory_guided:
@@ -341,9 +343,11 @@ class ArrowEngine:
         if self.diffusion is None:
             raise ConfigError("no diffusion model is loaded in this engine")
         if self._speech_core is None:
+            from arrowdiff.speech.prior_io import load_prior
             from arrowdiff.speech.vocoder_io import load_vocoder
 
-            self._speech_core = SpeechCore(self.diffusion.model, load_vocoder(self.diffusion.path))
+            path = self.diffusion.path
+            self._speech_core = SpeechCore(self.diffusion.model, load_vocoder(path), load_prior(path))
         return self._speech_core
 
     def voices(self) -> list[str]:
@@ -362,6 +366,7 @@ class ArrowEngine:
         reference: str | os.PathLike[str] | np.ndarray | tuple[np.ndarray, int] | None,
         pace: float,
         progress: bool,
+        start_time: float | None = None,
     ) -> Speech:
         CommonParams(1, 1.0, seed)  # the seed means the same in every mode
         defaults = SpeechOptions()
@@ -369,6 +374,7 @@ class ArrowEngine:
             num_steps=defaults.num_steps if num_steps is None else num_steps,
             guidance_scale=defaults.guidance_scale if guidance_scale is None else guidance_scale,
             pace=pace,
+            start_time=start_time,
         )
         return self.speech_core().speak(text, opts, voice_id, reference, seed, progress)
 

@@ -2,9 +2,11 @@
 
 Data flow: text -> phones (flite's lexicon and letter-to-sound rules) -> speaker embedding (a built-in
 voice, or the reference encoder over >= 1 s of reference audio: zero-shot cloning) -> frames per phone
-(duration predictor) -> phones repeated per frame -> N(0, I) mel frames -> Euler flow sampler with the
-audio head + speaker conditioner on the SAME backbone as text and images (classifier-free guidance on
-the speaker, batched) -> log-mel -> neural vocoder -> 16 kHz float32 waveform.
+(duration predictor) -> phones repeated per frame -> the start of the flow: N(0, I) mel frames at t = 1,
+or, when the model carries a mel prior, shallow diffusion (DiffSinger, Liu et al. 2022) from the noised
+prior mel at t = ``start_time`` -> Euler flow sampler with the audio head + speaker conditioner on the
+SAME backbone as text and images (classifier-free guidance on the speaker, batched) -> log-mel ->
+neural vocoder -> 16 kHz float32 waveform.
 Each stage is a method of its own so benchmarks can time them apart.
 """
 
@@ -27,10 +29,12 @@ from arrowdiff.samplers import initial_noise, sample_euler
 from arrowdiff.schedules import timesteps
 from arrowdiff.speech.mel import MelConfig, log_mel
 from arrowdiff.speech.phones import phone_ids, text_to_phones
+from arrowdiff.speech.prior import MelPrior
 from arrowdiff.speech.wav import read_wav, write_wav
 
 MIN_REFERENCE_S = 1.0  # shortest reference accepted (5 s recommended)
 MAX_FRAMES = 2048  # 32 s of speech per call
+SHALLOW_START = 0.5  # default start of shallow diffusion from the mel prior (benchmarks/tts_quality.py)
 
 
 class Speech(NamedTuple):
@@ -48,6 +52,7 @@ class SpeechOptions:
     guidance_scale: float = 1.5  # classifier-free guidance on the speaker: 1 = off, 0 = no speaker
     pace: float = 1.0  # > 1 speaks slower (scales the predicted durations)
     spacing: str = "uniform"
+    start_time: float | None = None  # shallow diffusion from the mel prior at this t (None: the model's)
 
     def __post_init__(self) -> None:
         if (
@@ -60,6 +65,10 @@ class SpeechOptions:
             raise ConfigError(f"guidance_scale={self.guidance_scale} must be in [0, 20] (1 = no guidance)")
         if not 0.25 <= self.pace <= 4.0:
             raise ConfigError(f"pace={self.pace} must be in [0.25, 4] (1 = the voice's own pace)")
+        if self.start_time is not None and not 0.0 <= self.start_time <= 1.0:
+            raise ConfigError(
+                f"start_time={self.start_time} must be in [0, 1] (1 = from pure noise, 0 = the prior alone)"
+            )
 
 
 def check_reference(wave: np.ndarray, sample_rate: int, expected_rate: int) -> np.ndarray:
@@ -91,13 +100,17 @@ def check_reference(wave: np.ndarray, sample_rate: int, expected_rate: int) -> n
 
 
 class SpeechCore:
-    """Speaks with one UnifiedModel (audio head, speaker conditioner, voice model) and its vocoder."""
+    """Speaks with one UnifiedModel (audio head, speaker conditioner, voice model), its vocoder and, when
+    it has one, its mel prior (then sampling starts at ``start_time``, :data:`SHALLOW_START` by default)."""
 
-    def __init__(self, model: UnifiedModel, vocoder: Callable[[Tensor], Tensor]) -> None:
+    def __init__(
+        self, model: UnifiedModel, vocoder: Callable[[Tensor], Tensor], prior: MelPrior | None = None
+    ) -> None:
         if model.voice is None or "audio" not in model.heads:
             raise ConfigError("this model has no audio head: it was not trained for speech (--speech)")
         self.model = model.eval()
         self.vocoder = vocoder
+        self.prior = prior.eval() if prior is not None else None
         self.cfg = model.cfg.audio
         self.mel_cfg = MelConfig(sample_rate=self.cfg.sample_rate, hop=self.cfg.hop, n_mels=self.cfg.n_mels)
 
@@ -154,19 +167,30 @@ class SpeechCore:
         generator: torch.Generator | None = None,
         spacing: str = "uniform",
         progress: bool = False,
+        start_time: float | None = None,
     ) -> Tensor:
         """Log-mel (n_mels, F) for the phones at the given durations, in the speaker's voice (``None``
-        options take the :class:`SpeechOptions` defaults)."""
+        options take the :class:`SpeechOptions` defaults; ``start_time`` < 1 starts from the mel prior
+        noised to that time, 0 returns the prior's mel itself)."""
         opts = SpeechOptions(
             num_steps=SpeechOptions.num_steps if num_steps is None else num_steps,
             guidance_scale=SpeechOptions.guidance_scale if guidance_scale is None else guidance_scale,
+            start_time=start_time,
         )
         num_steps, guidance_scale = opts.num_steps, opts.guidance_scale
+        start = self.start_time(opts.start_time)
         k = self.cfg.frames_per_token
         total = int(durations.sum())
         F = min(MAX_FRAMES, -(-total // k) * k)
         per_frame = frame_phones(torch.tensor(phones), durations, F)[None]
         x = initial_noise((1, F, self.cfg.n_mels), generator)
+        if start < 1.0:  # shallow diffusion: x_k = (1 - k) prior + k eps on the flow path
+            assert self.prior is not None
+            ph = torch.tensor([phones], dtype=torch.long)
+            prior = self.prior(ph, durations[None].long(), speaker.to(ph.device), F)
+            if start == 0.0:
+                return self.model.head("audio").denormalize(prior[0]).T.float()
+            x = (1.0 - start) * prior + start * x
         spk = speaker[:, None, :]
         model = self.model
 
@@ -186,11 +210,22 @@ class SpeechCore:
             )
             return out[1:] + guidance_scale * (out[:1] - out[1:])
 
-        times = timesteps(num_steps, spacing).float()
+        times = timesteps(num_steps, spacing, t_max=start).float()
         bar = tqdm(total=num_steps, disable=not progress, desc="diffuse speech", leave=False)
         mel = sample_euler(v, x, times, callback=lambda i, x: bar.update(1))
         bar.close()
         return self.model.head("audio").denormalize(mel[0]).T.float()
+
+    def start_time(self, requested: float | None = None) -> float:
+        """Where sampling starts: ``requested``, else :data:`SHALLOW_START` with a mel prior and 1 without."""
+        if requested is None:
+            return SHALLOW_START if self.prior is not None else 1.0
+        if requested < 1.0 and self.prior is None:
+            raise ConfigError(
+                f"start_time={requested}: this model has no mel prior, so speech diffusion starts from "
+                "pure noise (start_time=1); attach one trained by python -m arrowdiff.speech.train_prior"
+            )
+        return float(requested)
 
     @torch.inference_mode()
     def vocode(self, mel: Tensor) -> np.ndarray:
@@ -212,7 +247,7 @@ class SpeechCore:
         dur = self.durations(phones, spk, opts.pace)
         g = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**63)
         mel = self.sample_mel(
-            phones, dur, spk, opts.num_steps, opts.guidance_scale, g, opts.spacing, progress
+            phones, dur, spk, opts.num_steps, opts.guidance_scale, g, opts.spacing, progress, opts.start_time
         )
         return Speech(self.vocode(mel), self.cfg.sample_rate)
 
