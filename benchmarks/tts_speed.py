@@ -9,10 +9,11 @@ Per sentence: the median of --repeats wall-clock runs after one untimed warm-up,
 threads. End to end is `ArrowEngine.diffuse(text, modality="audio", voice_id=VOICE)` (and, for the
 typical sentence, the cloning path with a 5 s reference: flite `rms` speech cut to 5.0 s). The stages are
 the engine's `speech_core()` (AudioCore) calls in order: `phonemes`, `speaker` (built-in voice, and from
-the reference), `durations`, `sample_mel`, `vocode`. Real-time factor = compute seconds / audio seconds
-(< 1 is faster than real time). flite: `flite -voice slt -t TEXT -o FILE` as a subprocess (includes
-process start-up; it writes a 16 kHz WAV). The load average before and after is recorded: the machine's 2
-cores are shared, so compare figures of one run only.
+the reference), `durations`, `sample_mel` (with a mel prior: the prior + shallow diffusion from the model's
+default start time; `mel_prior_alone` times the prior by itself), `vocode`. Real-time factor = compute
+seconds / audio seconds (< 1 is faster than real time). flite: `flite -voice slt -t TEXT -o FILE` as a
+subprocess (includes process start-up; it writes a 16 kHz WAV). The load average before and after is
+recorded: the machine's 2 cores are shared, so compare figures of one run only.
 """
 
 from __future__ import annotations
@@ -96,6 +97,10 @@ def stage_times(
         ),
         "vocode": timeit(lambda: core.vocode(mel), r, w),
     }
+    if getattr(core, "prior", None) is not None:  # shallow diffusion: the prior's share of sample_mel
+        stages["mel_prior_alone"] = timeit(
+            lambda: core.sample_mel(ids, dur, spk, args.steps, args.guidance, gen, start_time=0.0), r, w
+        )
     path = ("phonemes", "speaker_voice_id", "durations", "sample_mel", "vocode")
     return {
         "stages_ms": stages,
@@ -107,6 +112,7 @@ def stage_times(
         "phones": len(ids),
         "frames": int(torch.as_tensor(dur).sum()),
         "mel_shape": list(torch.as_tensor(mel).shape),
+        "start_time": core.start_time() if hasattr(core, "start_time") else 1.0,
         "audio_s": len(wave) / SAMPLE_RATE,
     }
 
