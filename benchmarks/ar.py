@@ -188,6 +188,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     from arrowdiff.ar.load import ensure_smollm2, load_llama, smollm2_gguf
+    from arrowdiff.weights import q4avx2
 
     gguf = smollm2_gguf()
     figures: dict[str, Any] = {"loadavg_1m_at_start": os.getloadavg()[0], "prompt": PROMPT}
@@ -195,12 +196,18 @@ def main() -> None:
     dirs = {4: ensure_smollm2(4), 8: ensure_smollm2(8)}
     variants = {  # name -> (directory bits, compute form)
         "ours_int4": (4, "int4pack"),
+        "ours_int4_q4avx2": (4, "q4avx2"),  # the same INT4 file in our AVX2 Q4_1 x Q8_1 kernel
         "ours_int4_int8dyn": (4, "int8dyn"),  # the same INT4 file, computed through fbgemm int8
         "ours_int8": (8, "bf16"),
         "ours_int8_int8dyn": (8, "int8dyn"),
         "ours_bf16": (4, "bf16"),
         "ours_fp32": (4, "fp32"),
     }
+    ok, why = q4avx2.kernel_status()
+    if not ok:
+        print("skipping ours_int4_q4avx2:", why)
+        figures["q4avx2_unavailable"] = why
+        del variants["ours_int4_q4avx2"]
     latency: dict[str, Any] = {}
     loaded = {}
     for name, (bits, compute) in variants.items():
@@ -239,7 +246,7 @@ def main() -> None:
     delta = figures.get("perplexity", {}).get("relative_delta_vs_fp32", {})
     usable = [n for n in variants if delta.get(n, 0.0) <= 0.03]
     figures["compute_forms_counted"] = usable
-    int4_forms = [n for n in ("ours_int4", "ours_int4_int8dyn") if n in usable]
+    int4_forms = [n for n in ("ours_int4", "ours_int4_q4avx2", "ours_int4_int8dyn") if n in usable]
     if "ms_per_token" in latency.get("llamacpp_q4_1", {}) and int4_forms:
         int4 = min(int4_forms, key=lambda n: latency[n]["ms_per_token"])
         ratio = latency[int4]["ms_per_token"] / latency["llamacpp_q4_1"]["ms_per_token"]

@@ -16,7 +16,7 @@ from arrowdiff.ar.inference import InferenceCore, stop_filtered
 from arrowdiff.ar.llama import LlamaConfig, LlamaModel
 from arrowdiff.ar.load import load_llama, save_llama
 from arrowdiff.errors import ConfigError
-from arrowdiff.weights import QuantPolicy, dequantize
+from arrowdiff.weights import QuantPolicy, dequantize, q4avx2
 
 EOT = "<|endoftext|>"
 MERGES = ["t h", "th e", "Ġ the", "a t", "Ġ c", "Ġc at"]
@@ -91,9 +91,14 @@ def test_context_overflow_is_a_clear_error() -> None:
         model(torch.zeros(1, 5, dtype=torch.long), cache)
 
 
-@pytest.mark.parametrize(("compute", "tol"), [("fp32", 1e-4), ("bf16", 0.1), ("int4pack", 0.1)])
+@pytest.mark.parametrize(
+    ("compute", "tol"), [("fp32", 1e-4), ("bf16", 0.1), ("int4pack", 0.1), ("q4avx2", 0.1)]
+)
 def test_model_dir_round_trip(tiny_llama_dir: Path, compute: str, tol: float) -> None:
-    """A 4-bit directory loads in every compute form; bf16/int4pack stay close to the dequantized fp32."""
+    """A 4-bit directory loads in every compute form; bf16/int4pack/q4avx2 stay close to the dequantized
+    fp32."""
+    if compute == "q4avx2" and not q4avx2.kernel_status()[0]:
+        pytest.skip(f"q4avx2 kernel unavailable: {q4avx2.kernel_status()[1]}")
     ref = load_llama(tiny_llama_dir, "fp32").model
     got = load_llama(tiny_llama_dir, compute)
     assert got.compute == compute
@@ -103,8 +108,17 @@ def test_model_dir_round_trip(tiny_llama_dir: Path, compute: str, tol: float) ->
     assert (a - b).abs().max().item() <= tol * a.abs().max().item()
 
 
-def test_auto_compute_picks_int4pack_for_4_bit(tiny_llama_dir: Path) -> None:
-    assert load_llama(tiny_llama_dir).compute == "int4pack"
+def test_auto_compute_picks_q4avx2_or_int4pack_for_4_bit(
+    tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    ok, _ = q4avx2.kernel_status()
+    assert load_llama(tiny_llama_dir).compute == ("q4avx2" if ok else "int4pack")
+    monkeypatch.setattr(q4avx2, "_status", (False, "no C++ compiler (test)"))
+    with caplog.at_level("WARNING", logger="arrowdiff.ar.load"):
+        assert load_llama(tiny_llama_dir).compute == "int4pack"  # a missing compiler never breaks loading
+    assert "no C++ compiler (test)" in caplog.text
+    with pytest.raises(ConfigError, match="q4avx2.*unavailable"):
+        load_llama(tiny_llama_dir, "q4avx2")
 
 
 def test_rope_row_order_inverts_llama_cpp_permutation() -> None:

