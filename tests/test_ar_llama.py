@@ -84,6 +84,82 @@ def test_kv_cache_decode_equals_full_forward(tie: bool) -> None:
     torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
+def _greedy(model: LlamaModel, prompt: list[int], steps: int, fused: bool) -> tuple[list[int], torch.Tensor]:
+    """Greedy tokens and the logits (steps, V) they came from: prefill, then one-token decode steps."""
+    model.fused_decode = fused
+    cache = model.new_cache(1, len(prompt) + steps)
+    tokens, rows = [], []
+    with torch.inference_mode():
+        logits = model(torch.tensor([prompt]), cache)[0, -1]
+        for _ in range(steps):
+            rows.append(logits)
+            tokens.append(int(logits.argmax()))
+            logits = model(torch.tensor([tokens[-1:]]), cache)[0, -1]
+    return tokens, torch.stack(rows)
+
+
+@pytest.fixture
+def fused_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the decode steps that took the fused path (calls of the fused attention op)."""
+    calls: list[int] = []
+    real = q4avx2.decode_attention
+
+    def counted(*args: object) -> torch.Tensor:
+        calls.append(1)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(q4avx2, "decode_attention", counted)
+    return calls
+
+
+def _need_kernel() -> None:
+    ok, why = q4avx2.kernel_status()
+    if not ok:
+        pytest.skip(f"q4avx2 extension (fused decode ops) unavailable: {why}")
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_fused_decode_equals_reference_path(tie: bool, fused_calls: list[int]) -> None:
+    """The fused one-token path (add_rms_norm, decode_attention, silu_mul) decodes the same greedy tokens
+    with near-identical logits as the torch path, over a cache that grows from the prompt to 45 positions."""
+    _need_kernel()
+    model = tiny_model(tie_embeddings=tie)
+    prompt = torch.randint(0, model.cfg.vocab_size, (5,), generator=torch.Generator().manual_seed(1)).tolist()
+    ref_tokens, ref_logits = _greedy(model, prompt, 40, fused=False)
+    assert not fused_calls
+    tokens, logits = _greedy(model, prompt, 40, fused=True)
+    assert len(fused_calls) == 40 * model.cfg.n_layers  # every decode step, none in the prefill
+    assert tokens == ref_tokens
+    torch.testing.assert_close(logits, ref_logits, atol=1e-4, rtol=1e-4)
+
+
+def test_fused_decode_with_q4avx2_linears(tiny_llama_dir: Path, fused_calls: list[int]) -> None:
+    _need_kernel()
+    model = load_llama(tiny_llama_dir, "q4avx2").model
+    ref_tokens, ref_logits = _greedy(model, [3, 1, 4, 1, 5], 20, fused=False)
+    tokens, logits = _greedy(model, [3, 1, 4, 1, 5], 20, fused=True)
+    assert fused_calls and tokens == ref_tokens
+    torch.testing.assert_close(logits, ref_logits, atol=1e-4, rtol=1e-4)
+
+
+def test_decode_falls_back_without_the_extension_or_with_autograd(
+    monkeypatch: pytest.MonkeyPatch, fused_calls: list[int]
+) -> None:
+    """No extension loaded, gradients on, or bf16 activations: the torch path, with the same results."""
+    model = tiny_model()
+    ids = torch.randint(0, model.cfg.vocab_size, (1, 6))
+    with torch.no_grad():
+        full = model(ids)
+    monkeypatch.setattr(q4avx2, "_status", (False, "no C++ compiler (test)"))
+    cache = model.new_cache(1, 6)
+    with torch.no_grad():
+        parts = [model(ids[:, :4], cache), model(ids[:, 4:5], cache)]
+    parts.append(model(ids[:, 5:6], cache))  # gradients on (a training step may decode)
+    assert parts[-1].requires_grad
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-5)
+    assert not fused_calls
+
+
 def test_context_overflow_is_a_clear_error() -> None:
     model = tiny_model()
     cache = model.new_cache(1, 4)

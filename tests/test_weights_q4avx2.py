@@ -152,3 +152,82 @@ def test_build_reports_a_missing_compiler(monkeypatch) -> None:
     assert not ok and why  # the compiler (or, on other CPUs, the missing AVX2) is named
     monkeypatch.setenv(q4avx2.DISABLE_ENV, "0")
     assert q4avx2._build() == (False, f"disabled by {q4avx2.DISABLE_ENV}=0")
+
+
+# -- fused decode-step ops (kernels/decode_ops.cpp) against the torch code of arrowdiff.ar.llama ----------
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 576), (3, 100), (2, 5)])  # D = 100, 5: past the 8-wide loop
+@pytest.mark.parametrize("with_x", [True, False])
+def test_add_rms_norm_matches_torch(kernel, shape, with_x) -> None:
+    g = torch.Generator().manual_seed(sum(shape))
+    r, x, w = (
+        torch.randn(shape, generator=g) * 3,
+        torch.randn(shape, generator=g),
+        torch.randn(shape[-1], generator=g),
+    )
+    total = r + x if with_x else r.clone()
+    y = q4avx2.add_rms_norm(x if with_x else None, r, w, 1e-5)
+    torch.testing.assert_close(r, total, atol=0, rtol=0)  # the residual add happened in place
+    torch.testing.assert_close(y, F.rms_norm(total, (shape[-1],), w, 1e-5), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 2 * 1536), (2, 2 * 13)])
+def test_silu_mul_matches_torch(kernel, shape) -> None:
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(5)) * 6
+    x.view(-1)[:4] = torch.tensor([-100.0, 100.0, 0.0, -0.0])  # saturated sigmoid both ways
+    gate, up = x.split(shape[-1] // 2, dim=-1)
+    torch.testing.assert_close(q4avx2.silu_mul(x), F.silu(gate) * up, atol=1e-5, rtol=1e-5)
+
+
+def _attention_reference(qkv, k_cache, v_cache, cos, sin, pos, n_heads, n_kv_heads):
+    """The torch path of arrowdiff.ar.llama.Attention for one token: RoPE, cache write, GQA SDPA."""
+    from arrowdiff.ar.llama import apply_rope
+
+    b = qkv.shape[0]
+    hd = k_cache.shape[-1]
+    x = qkv.view(b, 1, n_heads + 2 * n_kv_heads, hd).transpose(1, 2)
+    q, k = apply_rope(x[:, : n_heads + n_kv_heads], cos[pos : pos + 1], sin[pos : pos + 1]).split(
+        [n_heads, n_kv_heads], dim=1
+    )
+    k_cache[:b, :, pos : pos + 1] = k
+    v_cache[:b, :, pos : pos + 1] = x[:, n_heads + n_kv_heads :]
+    keys, values = k_cache[:b, :, : pos + 1], v_cache[:b, :, : pos + 1]
+    y = F.scaled_dot_product_attention(q, keys, values, enable_gqa=True)
+    return y.transpose(1, 2).reshape(b, 1, -1)
+
+
+@pytest.mark.parametrize(("heads", "kv_heads", "hd"), [(9, 3, 64), (4, 4, 6), (4, 1, 16)])
+@pytest.mark.parametrize("pos", [0, 7, 300])  # 300: a long cache, past the threshold for threads
+@pytest.mark.parametrize("batch", [1, 2])
+def test_decode_attention_matches_torch(kernel, heads, kv_heads, hd, pos, batch) -> None:
+    from arrowdiff.ar.llama import rope_tables
+
+    g = torch.Generator().manual_seed(pos * 10 + hd + batch)
+    cos, sin = rope_tables(hd, 512, 10000.0)
+    shape = (batch + 1, kv_heads, 320, hd)  # the cache holds one more sequence than is decoded
+    k_cache, v_cache = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    qkv = torch.randn(batch, 1, (heads + 2 * kv_heads) * hd, generator=g) * 2
+    ref_k, ref_v = k_cache.clone(), v_cache.clone()
+    ref = _attention_reference(qkv, ref_k, ref_v, cos, sin, pos, heads, kv_heads)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        y = q4avx2.decode_attention(qkv, k_cache, v_cache, cos, sin, pos, heads, kv_heads)
+    finally:
+        torch.set_num_threads(before)
+    assert y.shape == (batch, 1, heads * hd)
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(k_cache, ref_k, atol=1e-5, rtol=1e-5)  # the rotated key went in at pos
+    assert torch.equal(v_cache, ref_v)
+
+
+def test_decode_ops_bad_inputs_are_clear_errors(kernel) -> None:
+    cache = torch.zeros(1, 2, 8, 16)
+    cos = sin = torch.zeros(8, 16)
+    with pytest.raises(RuntimeError, match="outside the cache"):
+        q4avx2.decode_attention(torch.zeros(1, 1, 8 * 16), cache, cache.clone(), cos, sin, 8, 4, 2)
+    with pytest.raises(RuntimeError, match="qkv rows must hold 128"):
+        q4avx2.decode_attention(torch.zeros(1, 1, 64), cache, cache.clone(), cos, sin, 0, 4, 2)
+    with pytest.raises(RuntimeError, match="contiguous float32"):
+        q4avx2.add_rms_norm(None, torch.zeros(2, 4, dtype=torch.bfloat16), torch.ones(4), 1e-5)

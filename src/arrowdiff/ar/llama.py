@@ -10,6 +10,14 @@ projections ONE linear (``w13``), so a decode step runs 4 matmuls per block inst
 "rotate half" convention of the Hugging Face checkpoints (llama.cpp's GGUF rows are un-permuted when
 converting).
 
+Decode fast path: for one new token with fp32 activations, a KV cache and gradients off on CPU,
+:meth:`LlamaModel.forward` runs :meth:`Block.decode` instead of the blocks' ``forward`` when the C++
+extension of :mod:`arrowdiff.weights.q4avx2` is loaded in the process (the q4avx2 compute form loads it;
+other fp32 forms use it only if it already is; ``LlamaModel.fused_decode = False`` switches it off).
+Its fused ops do the same math as the torch code here, which stays the reference (prefill, bf16 forms,
+training): residual add + RMSNorm in one call, RoPE + KV-cache write + GQA softmax attention in one call,
+and silu(gate) * up in one call; the block's linears are still its modules.
+
 Notation: B batch, T new tokens, S cached + new positions, D width, H query heads, Hkv key/value heads,
 hd head width, F feed-forward width, V vocabulary.
 """
@@ -24,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from arrowdiff.errors import ConfigError
+from arrowdiff.weights import q4avx2
 
 
 @dataclass(frozen=True)
@@ -132,6 +141,14 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True)
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, D)
 
+    def decode(self, x: Tensor, layer: int, cache: KVCache, start: int, cos: Tensor, sin: Tensor) -> Tensor:
+        """:meth:`forward` for one new token (B, 1, D) at position ``start`` through the fused op; cos/sin
+        are the whole (max_seq_len, hd) tables."""
+        y = q4avx2.decode_attention(
+            self.wqkv(x), cache.k[layer], cache.v[layer], cos, sin, start, self.n_heads, self.n_kv_heads
+        )  # (B, 1, H hd)
+        return self.wo(y)
+
 
 class FeedForward(nn.Module):
     """SwiGLU: w2(silu(x W_gate) * x W_up), gate and up fused in ``w13``."""
@@ -145,6 +162,10 @@ class FeedForward(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         gate, up = self.w13(x).split(self.hidden_dim, dim=-1)
         return self.w2(F.silu(gate) * up)
+
+    def decode(self, x: Tensor) -> Tensor:
+        """:meth:`forward` with silu(gate) * up as one fused op (fp32)."""
+        return self.w2(q4avx2.silu_mul(self.w13(x)))
 
 
 class RMSNorm(nn.Module):
@@ -175,6 +196,22 @@ class Block(nn.Module):
         x = x + self.attn(self.attn_norm(x), cos, sin, layer, cache, start)
         return x + self.mlp(self.mlp_norm(x))
 
+    def decode(
+        self,
+        h: Tensor,
+        delta: Tensor | None,
+        layer: int,
+        cache: KVCache,
+        start: int,
+        cos: Tensor,
+        sin: Tensor,
+    ) -> Tensor:
+        """The fused one-token step: ``h += delta`` (the previous block's MLP output) IN PLACE, then this
+        block; returns this block's MLP output, which the next block (or the final norm) adds."""
+        x = q4avx2.add_rms_norm(delta, h, self.attn_norm.weight, self.attn_norm.eps)
+        a = self.attn.decode(x, layer, cache, start, cos, sin)
+        return self.mlp.decode(q4avx2.add_rms_norm(a, h, self.mlp_norm.weight, self.mlp_norm.eps))
+
 
 class LlamaModel(nn.Module):
     """Token ids (B, T) -> next-token logits (B, T, V); with a cache, T new tokens after ``cache.length``."""
@@ -193,6 +230,7 @@ class LlamaModel(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.act_dtype = torch.float32  # activations' dtype; the loader sets bf16 for bf16/int4 compute
+        self.fused_decode = True  # one-token fp32 decode through the fused ops when they are loaded
 
     def new_cache(self, batch: int = 1, max_len: int | None = None) -> KVCache:
         return KVCache(self.cfg, batch, max_len or self.cfg.max_seq_len, self.act_dtype)
@@ -203,6 +241,8 @@ class LlamaModel(nn.Module):
         limit = cache.max_len if cache is not None else self.cfg.max_seq_len
         if start + T > limit:
             raise ConfigError(f"{start + T} positions exceed the context of {limit}; shorten the prompt")
+        if cache is not None and T == 1 and self._fused_ok(ids, cache):
+            return self._decode_fused(ids, cache)
         dt = self.act_dtype
         cos = self.rope_cos[start : start + T].to(dt)  # (T, hd)
         sin = self.rope_sin[start : start + T].to(dt)
@@ -213,7 +253,31 @@ class LlamaModel(nn.Module):
             cache.length = start + T
         if last_only:
             h = h[:, -1:]
-        h = self.norm(h)
+        return self._logits(self.norm(h))
+
+    def _logits(self, h: Tensor) -> Tensor:
         if self.output is None:
             return F.linear(h.float(), self.tok_embeddings.weight.float())  # (B, T or 1, V)
         return self.output(h).float()  # (B, T or 1, V)
+
+    def _fused_ok(self, ids: Tensor, cache: KVCache) -> bool:
+        """Whether a one-token step may take the fused path (fp32 on CPU, no autograd, ops loaded)."""
+        return (
+            self.fused_decode
+            and self.act_dtype == torch.float32
+            and cache.k[0].dtype == torch.float32
+            and ids.device.type == "cpu"
+            and not torch.is_grad_enabled()
+            and q4avx2.kernel_loaded()
+        )
+
+    def _decode_fused(self, ids: Tensor, cache: KVCache) -> Tensor:
+        """forward for one new token through the fused ops: the residual stream ``h`` is updated in place
+        and each block's output is added by the next block's first norm (one call per norm, no adds)."""
+        start = cache.length
+        h = self.tok_embeddings(ids).float().contiguous()  # (B, 1, D), a fresh tensor
+        delta = None
+        for i, layer in enumerate(self.layers):
+            delta = layer.decode(h, delta, i, cache, start, self.rope_cos, self.rope_sin)
+        cache.length = start + 1
+        return self._logits(q4avx2.add_rms_norm(delta, h, self.norm.weight, self.norm.eps))

@@ -10,6 +10,12 @@ Why: on CPUs without native bf16 (AVX2 only) torch's packed INT4 kernel spends i
 integer dot products of 4-bit weight codes with 8-bit activation codes (``_mm256_maddubs_epi16``) do the
 same work in a fraction of the instructions and read 0.625 bytes per weight.
 
+The same extension holds fused fp32 ops for one LLaMA decode step (``kernels/decode_ops.cpp``):
+:func:`add_rms_norm` (residual add + RMSNorm, Zhang & Sennrich 2019), :func:`silu_mul` (the SwiGLU
+product) and :func:`decode_attention` (RoPE, Su et al. 2021, the KV-cache write and grouped-query
+attention, Ainslie et al. 2023, for one new token); :mod:`arrowdiff.ar.llama` uses them on its decode
+fast path when :func:`kernel_loaded`.
+
 Weight blocks (N, K), 32 values along K per block, one output row's blocks contiguous, ``w = d * c + m``:
 
     bits 4   20 bytes: fp16 d, fp16 m, 16 bytes of 4-bit codes c (byte j: c[j] low, c[j + 16] high nibble)
@@ -46,7 +52,8 @@ from arrowdiff.weights.quantize import unpack
 log = logging.getLogger(__name__)
 
 EXTENSION = "arrowdiff_q4avx2"
-SOURCE = Path(__file__).parent / "kernels" / "q4_gemv.cpp"
+KERNELS = Path(__file__).parent / "kernels"
+SOURCES = (KERNELS / "q4_gemv.cpp", KERNELS / "decode_ops.cpp")  # one extension, both files
 CFLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
 DISABLE_ENV = "ARROWDIFF_Q4AVX2"  # set to 0 to never build or use the kernel
 QK = 32  # values per block
@@ -85,8 +92,9 @@ def _build() -> tuple[bool, str]:
     ok, why = cpu_supports()
     if not ok:
         return False, why
-    if not SOURCE.is_file():
-        return False, f"kernel source {SOURCE} is missing from the installation"
+    missing = [s for s in SOURCES if not s.is_file()]
+    if missing:
+        return False, f"kernel source {missing[0]} is missing from the installation"
     from torch.utils import cpp_extension
 
     cxx = os.environ.get("CXX", "c++")
@@ -96,7 +104,7 @@ def _build() -> tuple[bool, str]:
         return False, "ninja is not installed (pip install ninja), torch needs it to build extensions"
     try:
         built = Path(cpp_extension._get_build_directory(EXTENSION, False)) / f"{EXTENSION}.so"
-        fresh = not built.is_file() or built.stat().st_mtime < SOURCE.stat().st_mtime
+        fresh = not built.is_file() or built.stat().st_mtime < max(s.stat().st_mtime for s in SOURCES)
     except Exception:  # private helper: only decides whether to print the note below
         fresh = True
     if fresh:
@@ -105,13 +113,14 @@ def _build() -> tuple[bool, str]:
     try:
         cpp_extension.load(
             name=EXTENSION,
-            sources=[str(SOURCE)],
+            sources=[str(s) for s in SOURCES],
             extra_cflags=CFLAGS,
             extra_ldflags=["-fopenmp"],
             is_python_module=False,
             verbose=False,
         )
         torch.ops.arrowdiff_q4avx2.gemm  # noqa: B018 -- the library registered its ops
+        torch.ops.arrowdiff_q4avx2.decode_attention  # noqa: B018
     except Exception as e:  # a failed build must never break loading: report why and let callers fall back
         first = next((ln.strip() for ln in str(e).splitlines() if "error" in ln.lower()), str(e).strip())
         return False, f"building the kernel failed ({type(e).__name__}: {first[:300]})"
@@ -127,6 +136,11 @@ def kernel_status() -> tuple[bool, str]:
         if _status is None:
             _status = _build()
         return _status
+
+
+def kernel_loaded() -> bool:
+    """True when the extension is already built and loaded in this process (never starts a build)."""
+    return _status is not None and _status[0]
 
 
 def require_kernel() -> None:
@@ -254,3 +268,37 @@ def gemm(x: torch.Tensor, blocks: torch.Tensor, bits: int, bias: torch.Tensor | 
     """y (M, N) fp32 = x (M, K) (any float dtype) @ W^T (+ fp32 bias) through the compiled kernel (call
     :func:`require_kernel` first)."""
     return torch.ops.arrowdiff_q4avx2.gemm(x, blocks, bits, bias)
+
+
+# -- fused decode-step ops (kernels/decode_ops.cpp; fp32, contiguous, CPU) ----------------------------------
+
+
+def add_rms_norm(x: torch.Tensor | None, residual: torch.Tensor, weight: torch.Tensor, eps: float) -> Any:
+    """``residual += x`` in place (skipped when x is None), then RMSNorm of the sum (Zhang & Sennrich
+    2019): ``residual / sqrt(mean(residual**2) + eps) * weight``, a new tensor."""
+    return torch.ops.arrowdiff_q4avx2.add_rms_norm(x, residual, weight, eps)
+
+
+def silu_mul(x: torch.Tensor) -> Any:
+    """(..., 2F) -> (..., F): ``silu(x[..., :F]) * x[..., F:]`` (SwiGLU's gate times up)."""
+    return torch.ops.arrowdiff_q4avx2.silu_mul(x)
+
+
+def decode_attention(
+    qkv: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    pos: int,
+    n_heads: int,
+    n_kv_heads: int,
+) -> Any:
+    """Attention of one new token per sequence at position ``pos``: qkv (B, 1, (H + 2 Hkv) hd) holds q,
+    k, v heads in that order; q and k are rotated by RoPE (Su et al. 2021, rotate-half, row ``pos`` of
+    the (>= pos + 1, hd) cos/sin tables), k and v are written into the (B', Hkv, L, hd) caches at ``pos``
+    (B' >= B), and each query head h attends over positions 0..pos of key/value head h // (H / Hkv)
+    (GQA, Ainslie et al. 2023) with softmax(q k^T / sqrt(hd)). Returns (B, 1, H hd)."""
+    return torch.ops.arrowdiff_q4avx2.decode_attention(
+        qkv, k_cache, v_cache, cos, sin, pos, n_heads, n_kv_heads
+    )
