@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--eval-every", type=int, default=1000)
     p.add_argument("--ckpt-every", type=int, default=500)
+    p.add_argument("--export-bits", type=int, default=8, help="bits of the exported weights (32 = lossless)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--stop-at", type=int, default=0, help="pause after this step (0 = run to --steps)")
     return p
@@ -178,7 +179,7 @@ def train(args: argparse.Namespace) -> Path:
             },
             "speaker_encoder": {"model": str(model_path), "voice_sha256": voice_sha},
         }
-        save_prior(prior, out / "model", record)
+        save_prior(prior, out / "model", record, bits=args.export_bits)
         print(f"exported {out / 'model'} ({prior.num_parameters():,} parameters): val L1 {final:.4f}")
     return out
 
