@@ -187,9 +187,9 @@ def test_auto_compaction_bounds_the_segment_count(tmp_path: Path) -> None:
 def test_a_failed_merge_does_not_fail_the_durable_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import arrowdiff.memory.store as store_module
+    import arrowdiff.memory.segment_log as log_module  # where merges write their segment
 
-    real = store_module.write_segment
+    real = log_module.write_segment
 
     def disk_full_on_merge(folder: Path, entries: list, dim: int, first: int, last: int) -> SegmentName:
         if first != last:
@@ -199,10 +199,10 @@ def test_a_failed_merge_does_not_fail_the_durable_write(
     rng = np.random.default_rng(7)
     store = ArrowStorage(tmp_path, max_segments=2)
     ids = [store.add(f"m{i}", embedding=unit(rng)) for i in range(2)]
-    monkeypatch.setattr(store_module, "write_segment", disk_full_on_merge)
+    monkeypatch.setattr(log_module, "write_segment", disk_full_on_merge)
     with pytest.warns(StorageWarning, match="merging segments failed.*the write itself is durable"):
         ids.append(store.add("m2", embedding=unit(rng)))  # returns: the write is on disk
-    monkeypatch.setattr(store_module, "write_segment", real)
+    monkeypatch.setattr(log_module, "write_segment", real)
     assert [m.id for m in ArrowStorage(tmp_path).list()] == ids and len(segment_files(tmp_path)) == 3
     ids.append(store.add("m3", embedding=unit(rng)))  # the merge is retried
     assert len(segment_files(tmp_path)) <= 2 and [m.id for m in ArrowStorage(tmp_path).list()] == ids

@@ -128,7 +128,7 @@ def test_read_component_uses_the_index_not_pyarrow(tmp_path, monkeypatch):
     def no_pyarrow(*args, **kwargs):
         raise AssertionError("pyarrow was used")
 
-    monkeypatch.setattr(aq.pq, "ParquetFile", no_pyarrow)
+    monkeypatch.setattr(pq, "ParquetFile", no_pyarrow)
     stored = read_component(path, verify=True)
     assert all(st.zero_copy for st in stored.values()) and _same(_values(stored), expect)
 
