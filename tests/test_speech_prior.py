@@ -124,5 +124,11 @@ def test_shallow_diffusion_starts_from_the_noised_prior(
     assert torch.equal(a, b) and not torch.equal(a, c)
     # a shallow start stays closer to the prior than diffusion from pure noise
     assert (a - prior_mel).abs().mean() < (c - prior_mel).abs().mean()
+    calls = []  # from start k the sampler takes ceil(k * num_steps) steps of the full path's size
+    forward = core.model.forward
+    core.model.forward = lambda *a, **kw: calls.append(float(a[1][0])) or forward(*a, **kw)
+    core.sample_mel(phones, dur, spk, 8, 1.0, torch.Generator().manual_seed(1), start_time=0.25)
+    assert calls == [0.25, 0.125]
+    del core.model.forward
     speech = ArrowEngine.from_pretrained(out).diffuse("Hello.", modality="audio", num_steps=2, seed=0)
     assert speech.sample_rate == 16000 and speech.waveform.dtype == np.float32

@@ -12,6 +12,7 @@ Each stage is a method of its own so benchmarks can time them apart.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,7 @@ class Speech(NamedTuple):
 class SpeechOptions:
     """How to sample speech; validated once for every entry point."""
 
-    num_steps: int = 16
+    num_steps: int = 16  # steps of the whole path from t = 1; from start_time k: ceil(k * num_steps)
     guidance_scale: float = 1.5  # classifier-free guidance on the speaker: 1 = off, 0 = no speaker
     pace: float = 1.0  # > 1 speaks slower (scales the predicted durations)
     spacing: str = "uniform"
@@ -170,8 +171,9 @@ class SpeechCore:
         start_time: float | None = None,
     ) -> Tensor:
         """Log-mel (n_mels, F) for the phones at the given durations, in the speaker's voice (``None``
-        options take the :class:`SpeechOptions` defaults; ``start_time`` < 1 starts from the mel prior
-        noised to that time, 0 returns the prior's mel itself)."""
+        options take the :class:`SpeechOptions` defaults; ``start_time`` k < 1 starts from the mel prior
+        noised to that time and runs ceil(k * num_steps) Euler steps, DiffSinger's k of T steps; 0 returns
+        the prior's mel itself)."""
         opts = SpeechOptions(
             num_steps=SpeechOptions.num_steps if num_steps is None else num_steps,
             guidance_scale=SpeechOptions.guidance_scale if guidance_scale is None else guidance_scale,
@@ -210,6 +212,7 @@ class SpeechCore:
             )
             return out[1:] + guidance_scale * (out[:1] - out[1:])
 
+        num_steps = max(1, math.ceil(num_steps * start - 1e-9))  # the same step size as from t = 1
         times = timesteps(num_steps, spacing, t_max=start).float()
         bar = tqdm(total=num_steps, disable=not progress, desc="diffuse speech", leave=False)
         mel = sample_euler(v, x, times, callback=lambda i, x: bar.update(1))
