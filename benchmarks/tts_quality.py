@@ -161,6 +161,17 @@ def vocoder_only(
     return out
 
 
+def mel_detail(wave: np.ndarray) -> float:
+    """Spectral detail of a waveform: mean absolute difference of neighbouring bins plus of neighbouring
+    frames of its log-mel (over frames louder than 40 dB below the peak). Over-smoothed mels score low."""
+    from arrowdiff.speech.mel import MelConfig, log_mel
+
+    m = log_mel(np.asarray(wave, dtype=np.float32), MelConfig()).numpy()  # (n_mels, F)
+    loud = m.max(0) > m.max() - 40 / 8.686  # dB -> natural log of magnitude
+    m = m[:, loud]
+    return float(np.abs(np.diff(m, axis=0)).mean() + np.abs(np.diff(m, axis=1)).mean())
+
+
 def transcript_rows(cases: list[Case], hyps: list[str]) -> list[dict[str, str]]:
     return [
         {"utt_id": c.utt_id, "speaker": c.speaker, "text": c.text, "hyp": h}
@@ -257,14 +268,25 @@ def model_figures(
                 for k, c in enumerate(tqdm(val_cases, f"seen, start {start}"))
             ]
             hyp = judge.transcribe(waves, f"seen start {start}")
+            sims = [cosine(judge.embed(w, sr), judge.embed_real(val, c.index))
+                    for (w, sr), c in zip(waves, val_cases, strict=True)]  # fmt: skip
+            detail = [
+                mel_detail(w) / mel_detail(val.wave(c.index))
+                for (w, _), c in zip(waves, val_cases, strict=True)
+            ]
             sweep[f"{start:g}"] = wer_figure([c.text for c in val_cases], hyp) | {
-                "seconds_per_clip": summary(gen_s[n:], "s (wall clock, diffuse call)")
+                "cosine_to_real_utterance": summary(sims, COS_UNIT),
+                "mel_detail_vs_real": summary(detail, "ratio (1 = as detailed as the real audio)"),
+                "seconds_per_clip": summary(gen_s[n:], "s (wall clock, diffuse call)"),
             }
             if args.out_wavs is not None:
                 write_wav(args.out_wavs / f"seen_{val_cases[0].speaker}_start{start:g}.wav", *waves[0])
         figures["start_time_sweep"] = sweep | {
-            "note": "seen-voice WER by the start time of shallow diffusion from the mel prior: 0 = the "
-            "prior's mel alone (no diffusion), 1 = diffusion from pure noise (no prior)"
+            "note": "seen voices by the start time of shallow diffusion from the mel prior (0 = the prior's "
+            "mel alone, no diffusion; 1 = diffusion from pure noise, no prior): WER; GE2E cosine to the "
+            "speaker's real utterance of the same sentence; spectral detail (mean absolute difference "
+            "of neighbouring log-mel bins and frames) of the output's log-mel over the real audio's, "
+            "< 1 where the mel is over-smoothed"
         }
     if args.out_wavs is not None:
         write_wav(args.out_wavs / f"seen_{val_cases[0].speaker}.wav", *seen[0])

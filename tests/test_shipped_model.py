@@ -36,6 +36,8 @@ def test_default_metadata_is_r15_complete() -> None:
     assert meta["vae"]["latent_channels"] == 4 and "vae" in meta["components"]
     assert {"voice", "vocoder"} <= set(meta["components"]) and meta["vocoder"]["sample_rate"] == 16000
     assert len(meta["model_config"]["voice"]["voices"]) == 30  # the training pseudo-speakers
+    assert "prior" in meta["components"]  # the mel prior that shallow speech diffusion starts from
+    assert meta["prior"]["training"]["command"].startswith("python -m arrowdiff.speech.train_prior")
     assert meta["consistency_distilled"] is False
     assert meta["quantization"]["bit_width"] in (2, 4, 8)
 

@@ -109,7 +109,7 @@ def test_shallow_diffusion_starts_from_the_noised_prior(
     out = tmp_path / "with_prior"
     attach_component(speech_run / "model", prior_run / "model", "prior", out, ("prior_config", "prior"))
     core = ArrowEngine.from_pretrained(out).speech_core()
-    assert core.prior is not None and core.start_time() == 0.5
+    assert core.prior is not None and core.start_time() == 0.1
     phones = core.phonemes("Good morning.")
     spk = core.speaker(voice_id="low")
     dur = core.durations(phones, spk)

@@ -261,7 +261,7 @@ class ArrowEngine:
         (float32 mono): in the built-in voice ``voice_id`` (see :meth:`voices`), or cloning the voice of
         ``reference_audio`` (a WAV path, ``(wave, sample_rate)`` or a 16 kHz array; 5 s recommended);
         ``guidance_scale`` is classifier-free guidance on the speaker (default 1.5); ``start_time`` is where
-        the flow starts when the model has a mel prior (shallow diffusion; default 0.5, 1 = pure noise)."""
+        the flow starts when the model has a mel prior (shallow diffusion; default 0.1, 1 = pure noise)."""
         if modality not in MODALITIES:
             raise ModalityError(f"unknown modality {modality!r}: expected one of {', '.join(MODALITIES)}")
         if self._core is None or self.diffusion is None:

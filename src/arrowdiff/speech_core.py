@@ -35,7 +35,7 @@ from arrowdiff.speech.wav import read_wav, write_wav
 
 MIN_REFERENCE_S = 1.0  # shortest reference accepted (5 s recommended)
 MAX_FRAMES = 2048  # 32 s of speech per call
-SHALLOW_START = 0.5  # default start of shallow diffusion from the mel prior (benchmarks/tts_quality.py)
+SHALLOW_START = 0.1  # default start of shallow diffusion from the mel prior (benchmarks/tts_quality.py)
 
 
 class Speech(NamedTuple):

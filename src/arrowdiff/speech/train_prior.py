@@ -54,7 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--eval-every", type=int, default=1000)
     p.add_argument("--ckpt-every", type=int, default=500)
-    p.add_argument("--export-bits", type=int, default=8, help="bits of the exported weights (32 = lossless)")
+    p.add_argument(
+        "--export-bits",
+        type=int,
+        default=16,
+        help="bits of the exported weights (16: integer groups run along a conv kernel's last axis, "
+        "which pads k=5 to the group size, so 8 bits would be larger here; 32 = lossless)",
+    )
     p.add_argument("--resume", action="store_true")
     p.add_argument("--stop-at", type=int, default=0, help="pause after this step (0 = run to --steps)")
     return p
