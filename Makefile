@@ -48,7 +48,7 @@ demo: $(STAMP)
 	@$(BIN)/arrowdiff memory --store out/memory add "The crew hunted the great white whale across the ocean." >/dev/null
 	@$(BIN)/arrowdiff diffuse --memory-guided --store out/memory --prompt "The" --length 48 --steps 32 \
 		--seed 0 --out out/memory_guided.txt
-	@echo; echo "== speech (same network, audio head + vocoder; built-in voice, then a cloned one) =="
+	@echo; echo "== speech (mel prior, then shallow diffusion on the same network, vocoder; built-in voice, then a cloned one) =="
 	@$(BIN)/arrowdiff diffuse --modality audio --prompt "Hello there, this is one shared network speaking." \
 		--voice slt+0 --seed 0 --out out/hello.wav
 	@$(BIN)/arrowdiff diffuse --modality audio --prompt "The quick brown fox jumps over the lazy dog." \
