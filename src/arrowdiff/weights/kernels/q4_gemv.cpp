@@ -15,8 +15,8 @@
 // One block's contribution: d * dx * dot(c, q) + m * sx; the integer dot runs on
 // _mm256_maddubs_epi16 (u8 x i8 -> i16 pairs) then _mm256_madd_epi16 with ones (-> 8 x i32).
 // K need not be a multiple of 32: the activations' last block is zero-filled (pad codes then add nothing).
-// Decode (one row of x) takes four weight rows at a time; more rows of x go in tiles of up to 4 sharing
-// each decoded weight block. Output rows are split over threads with at::parallel_for (OpenMP, torch's
+// Decode (one row of x) takes four weight rows at a time, prefetching ahead; more rows of x go in tiles
+// of up to 4 sharing each decoded weight block. Output rows are split over threads with at::parallel_for (OpenMP, torch's
 // own thread count and runtime).
 
 #include <ATen/Parallel.h>
@@ -38,6 +38,10 @@ constexpr int64_t Q4_BYTES = 20;    // fp16 d, fp16 m, 16 bytes of nibbles
 constexpr int64_t Q8_BYTES = 36;    // fp16 d, fp16 m, 32 int8
 constexpr int64_t MAX_TILE = 4;     // rows of x sharing one decoded weight block
 constexpr int64_t ROW_CHUNK = 64;   // rows of x per pass over a thread's output rows (cache blocking)
+// Decode streams every weight once from DRAM, in rows of only 360-960 bytes for SmolLM2: the hardware
+// prefetcher barely ramps up within a tile, so each tile of 4 rows first prefetches the tile this many
+// tiles ahead (measured on the 2-core AVX2 machine: 11 -> 7.8 ms per SmolLM2 token; 1, 2 and 4 alike).
+constexpr int64_t PREFETCH_TILES = 2;
 
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -181,7 +185,12 @@ void gemm_impl(const float* x, int64_t M, int64_t K, const uint8_t* w, int64_t N
     float out[4 * MAX_TILE];
     if (M == 1) {  // decode: four weight rows at a time
       int64_t n = n0;
+      const uint8_t* wend = w + n1 * nb * BB;
       for (; n + 4 <= n1; n += 4) {
+        const uint8_t* ahead = w + (n + 4 * PREFETCH_TILES) * nb * BB;  // software prefetch, see above
+        for (int64_t o = 0; o < 4 * nb * BB && ahead + o < wend; o += 64) {
+          _mm_prefetch(reinterpret_cast<const char*>(ahead + o), _MM_HINT_T0);
+        }
         dot_tile<BITS, 4, 1>(w + n * nb * BB, nb, xq, ds, out);
         for (int r = 0; r < 4; ++r) y[n + r] = out[r] + (bias ? bias[n + r] : 0.0f);
       }
