@@ -261,6 +261,7 @@ def model_figures(
     ]
     if args.start_sweep:  # shallow diffusion ablation: seen-voice WER by start time, same cases and seeds
         sweep = {}
+        real_detail = [mel_detail(val.wave(c.index)) for c in val_cases]
         for start in args.start_sweep:
             n = len(gen_s)
             waves = [
@@ -270,10 +271,7 @@ def model_figures(
             hyp = judge.transcribe(waves, f"seen start {start}")
             sims = [cosine(judge.embed(w, sr), judge.embed_real(val, c.index))
                     for (w, sr), c in zip(waves, val_cases, strict=True)]  # fmt: skip
-            detail = [
-                mel_detail(w) / mel_detail(val.wave(c.index))
-                for (w, _), c in zip(waves, val_cases, strict=True)
-            ]
+            detail = [mel_detail(w) / r for (w, _), r in zip(waves, real_detail, strict=True)]
             sweep[f"{start:g}"] = wer_figure([c.text for c in val_cases], hyp) | {
                 "cosine_to_real_utterance": summary(sims, COS_UNIT),
                 "mel_detail_vs_real": summary(detail, "ratio (1 = as detailed as the real audio)"),

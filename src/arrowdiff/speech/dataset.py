@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
+import torch
 
 from arrowdiff.errors import ConfigError
 from arrowdiff.speech.mel import MelConfig, dequantize_mel
@@ -128,4 +129,14 @@ class SpeechSet:
         return self.by_speaker().get(speaker, [])
 
 
-__all__ = ["SPLITS", "MANIFEST", "COLUMNS", "split_files", "SpeechSet"]
+def other_utterance(pool: np.ndarray | list[int], u: int, generator: torch.Generator) -> int:
+    """A random utterance of ``pool`` (one speaker's ascending indices) other than ``u``; ``u`` itself only
+    when it is alone. Draws one integer from ``generator``. The reference of zero-shot cloning: the same
+    voice saying different words."""
+    j = int(pool[int(torch.randint(0, len(pool), (1,), generator=generator))])
+    if j == u and len(pool) > 1:
+        j = int(pool[(int(np.searchsorted(pool, u)) + 1) % len(pool)])
+    return j
+
+
+__all__ = ["SPLITS", "MANIFEST", "COLUMNS", "other_utterance", "split_files", "SpeechSet"]

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from arrowdiff.network.model import UnifiedModel
 from arrowdiff.network.voice import MIN_REFERENCE_FRAMES
-from arrowdiff.speech.dataset import SpeechSet
+from arrowdiff.speech.dataset import SpeechSet, other_utterance
 from arrowdiff.speech.mel import dequantize_mel
 
 
@@ -36,7 +36,6 @@ class PriorData:
 
     def __init__(self, folder: Path, split: str, model: UnifiedModel, max_frames: int = 512) -> None:
         data = SpeechSet.load(folder, split, arrays=("mel", "phones", "durations"))
-        self.set = data
         head, voice = model.head("audio"), model.voice
         assert voice is not None
         self.k = model.cfg.audio.frames_per_token
@@ -47,11 +46,10 @@ class PriorData:
         self.phones = [torch.from_numpy(data.phones(i)) for i in range(len(data))]
         self.durations = [torch.from_numpy(data.durations(i)) for i in range(len(data))]
         self.normalize = head.normalize
-        names = [data.speaker(i) for i in range(len(data))]
         self.pools = data.by_speaker()
         self.speaker_of = {i: s for s, pool in self.pools.items() for i in pool}
         voices = list(model.cfg.voice.voices)
-        self.table = {s: voice.voice_table[voices.index(s)].float() for s in set(names) if s in voices}
+        self.table = {s: voice.voice_table[voices.index(s)].float() for s in self.pools if s in voices}
         with torch.no_grad():  # each utterance's own embedding (up to max_frames of it, tiled if short)
             embs = []
             for i in range(len(data)):
@@ -72,11 +70,7 @@ class PriorData:
         s = self.speaker_of[i]
         if s in self.table and float(torch.rand((), generator=g)) < table_p:
             return self.table[s]
-        pool = self.pools[s]
-        j = int(pool[int(torch.randint(0, len(pool), (1,), generator=g))])
-        if j == i and len(pool) > 1:
-            j = int(pool[(list(pool).index(i) + 1) % len(pool)])
-        return self.embedding[j]
+        return self.embedding[other_utterance(self.pools[s], i, g)]
 
     def batch(self, rows: list[int] | np.ndarray, g: torch.Generator, table_p: float = 0.5) -> PriorBatch:
         rows = [int(r) for r in rows]

@@ -38,12 +38,6 @@ def save_prior(prior: MelPrior, out_dir: Path, record: dict[str, Any], bits: int
     return Path(out_dir)
 
 
-def has_prior(path: str | Path) -> bool:
-    """Whether the model directory at ``path`` carries a mel prior."""
-    meta = load_model_dir(Path(path), verify=False).metadata
-    return PRIOR_COMPONENT in meta.get("components", {}) and "prior_config" in meta
-
-
 def load_prior(path: str | Path, device: str | torch.device = "cpu") -> MelPrior | None:
     """The mel prior of a model directory in eval mode, or None when it has none."""
     loaded = load_model_dir(Path(path))
@@ -54,4 +48,4 @@ def load_prior(path: str | Path, device: str | torch.device = "cpu") -> MelPrior
     return prior.to(device).eval()
 
 
-__all__ = ["PRIOR_COMPONENT", "has_prior", "load_prior", "save_prior"]
+__all__ = ["PRIOR_COMPONENT", "load_prior", "save_prior"]

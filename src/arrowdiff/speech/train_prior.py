@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--table-p {args.table_p} must be in [0, 1]")
         train(args)
     except ArrowDiffError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"arrowdiff.speech.train_prior: error: {e}", file=sys.stderr)
         return 2
     return 0
 

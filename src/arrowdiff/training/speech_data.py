@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from arrowdiff.errors import ConfigError
-from arrowdiff.speech.dataset import SpeechSet
+from arrowdiff.speech.dataset import SpeechSet, other_utterance
 from arrowdiff.speech.mel import dequantize_mel
 from arrowdiff.speech.phones import PAD_ID, SILENCE, phone_id
 
@@ -109,13 +109,7 @@ class SpeechWindows:
         mel = torch.where(valid[..., None], mel, silence)
         phones = torch.where(valid, self.frame_phone[idx], phone_id(SILENCE))
         # the reference: another utterance of the same speaker (the same one only if it is alone)
-        ref = np.empty_like(utt)
-        for i, u in enumerate(utt):
-            pool = self.by_speaker[self.speaker_index[u]]
-            j = int(pool[int(torch.randint(0, len(pool), (1,), generator=g))])
-            if j == u and len(pool) > 1:
-                j = int(pool[(int(np.searchsorted(pool, u)) + 1) % len(pool)])
-            ref[i] = j
+        ref = np.array([other_utterance(self.by_speaker[self.speaker_index[u]], u, g) for u in utt], np.int64)
         rn = self.n_frames[ref]
         rstart = (torch.rand(batch_size, generator=g).numpy() * np.maximum(rn - ref_frames + 1, 1)).astype(
             np.int64
