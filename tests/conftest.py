@@ -7,6 +7,7 @@ real pipeline (``train_tokenizer``, ``write_shard``, ``load_manifest``, ``arrowd
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,18 @@ def pytest_configure(config: pytest.Config) -> None:
     # Tiny models gain nothing from intra-op threads; on a busy 2-core machine OpenMP spinning makes a
     # width-32 forward pass ~40x slower. One thread also keeps CPU results bitwise reproducible.
     torch.set_num_threads(1)
+
+
+def require_q4avx2() -> None:
+    """Skip a test that needs the q4avx2 C++ extension when it cannot be built here; in CI (which installs
+    g++ and ninja) a missing kernel is a failure, not a skip."""
+    from arrowdiff.weights import q4avx2
+
+    ok, why = q4avx2.kernel_status()
+    if not ok:
+        if os.environ.get("CI"):
+            pytest.fail(f"the q4avx2 kernel is required in CI: {why}")
+        pytest.skip(f"q4avx2 kernel unavailable: {why}")
 
 
 def build_tiny_data(root: Path) -> Path:

