@@ -277,3 +277,24 @@ def test_training_refuses_a_missing_split(tmp_path: Path, capsys: pytest.Capture
     data = write_tiny_speech_set(tmp_path / "speech", {"train": 2})
     assert main(["--data", str(data), "--out", str(tmp_path / "r"), "--steps", "1", *TINY_ARGS]) == 2
     assert "val_utts.parquet" in capsys.readouterr().err
+
+
+def test_init_starts_from_another_runs_vocoder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--init copies a model directory's vocoder before the first step: its first logged loss is the
+    loss the source vocoder reached, far below a fresh start; another architecture is refused."""
+    from arrowdiff.speech.train_vocoder import main
+
+    data = write_tiny_speech_set(tmp_path / "speech")
+    base = [*TINY_ARGS, "--lr", "3e-3"]
+    assert main(["--data", str(data), "--out", str(tmp_path / "src"), "--steps", "12", *base]) == 0
+    common = ["--data", str(data), "--steps", "1", "--no-export", *base]
+    assert main([*common, "--out", str(tmp_path / "fresh")]) == 0
+    assert main([*common, "--out", str(tmp_path / "init"), "--init", str(tmp_path / "src" / "model")]) == 0
+
+    def first_loss(run: str) -> float:
+        return json.loads((tmp_path / run / "log.jsonl").read_text().splitlines()[0])["loss"]
+
+    assert first_loss("init") < 0.9 * first_loss("fresh")
+    wide = [*common, "--out", str(tmp_path / "bad"), "--init", str(tmp_path / "src" / "model"), "--dim", "24"]
+    assert main(wide) == 2
+    assert "pass the same --dim" in capsys.readouterr().err
