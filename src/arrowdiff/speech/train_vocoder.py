@@ -7,6 +7,11 @@ hop-aligned ``--segment``-sample crops; the log-mel input is computed on the dev
 Batches are pure functions of (seed, step), so ``--resume`` continues exactly from ``<out>/checkpoint``
 (safetensors for weights and AdamW moments + JSON, written atomically; no pickle).
 
+Fine-tuning: ``--init MODEL`` starts from a model directory's vocoder; ``--predicted-mel-p P`` feeds a
+share P of the rows the unified model's own predicted mels of the same crops
+(:mod:`arrowdiff.speech.predicted_mels`, HiFi-GAN's fine-tuning), while the loss still compares the output
+with the real audio.
+
 Loss: 45 x mel L1 + 2.5 x multi-resolution STFT loss (:mod:`arrowdiff.speech.vocoder_loss`); with ``--gan``
 a multi-resolution discriminator joins at step ``--gan-start`` (hinge + feature matching, Vocos-style).
 Validation every ``--eval-every`` steps scores the vocoder on ``val`` utterances (mel L1, spectral
@@ -41,7 +46,13 @@ from arrowdiff.speech.discriminator import MultiResolutionDiscriminator
 from arrowdiff.speech.griffin_lim import griffin_lim
 from arrowdiff.speech.mel import MelConfig, log_mel
 from arrowdiff.speech.vocoder import Vocoder, VocoderConfig
-from arrowdiff.speech.vocoder_data import SegmentSampler, load_wave_split, read_manifest, split_exists
+from arrowdiff.speech.vocoder_data import (
+    PredictedMels,
+    SegmentSampler,
+    load_wave_split,
+    read_manifest,
+    split_exists,
+)
 from arrowdiff.speech.vocoder_io import load_vocoder, save_vocoder
 from arrowdiff.speech.vocoder_loss import (
     VocoderLossWeights,
@@ -89,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU, or CPUs with bf16 support)")
     p.add_argument("--compile", action="store_true", help="torch.compile the vocoder for training (GPU)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument(
+        "--predicted-mel-p",
+        type=float,
+        default=0.0,
+        help="share of batch rows whose input is the model's predicted mel (<data>/train_predicted_mel.npy)",
+    )
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
     p.add_argument(
         "--init", default=None, help="start from this model directory's vocoder (fine-tune; same --dim etc.)"
@@ -204,6 +221,7 @@ def training_record(
     return {
         "command": command_line(args),
         "init": str(args.init) if args.init else None,
+        "predicted_mel_p": args.predicted_mel_p,
         "steps": args.steps,
         "batch_size": args.batch_size,
         "segment": args.segment,
@@ -266,6 +284,9 @@ def train(args: argparse.Namespace) -> Path:
     if manifest_mel and MelConfig(**manifest_mel) != mel_cfg:
         raise ConfigError(f"{data}/manifest.json has mel {manifest_mel}; the vocoder decodes {mel_cfg}")
     sampler = SegmentSampler(load_wave_split(data, "train"), args.segment, cfg.hop, args.device)
+    if not 0.0 <= args.predicted_mel_p <= 1.0:
+        raise ConfigError(f"--predicted-mel-p {args.predicted_mel_p} must be in [0, 1]")
+    predicted = PredictedMels(data, "train", cfg.hop, args.device) if args.predicted_mel_p > 0 else None
     val = eval_waves(data, args.eval_utts, args.eval_seconds, mel_cfg, args.device)
 
     torch.manual_seed(args.seed)
@@ -303,9 +324,12 @@ def train(args: argparse.Namespace) -> Path:
         lr = lr_at(step, args)
         for g in opt.param_groups:
             g["lr"] = lr
-        x = sampler.sample(args.batch_size, step_generator(args.seed, step))
+        gen = step_generator(args.seed, step)
+        x, utt, rel = sampler.sample_positions(args.batch_size, gen)
         with torch.no_grad():
-            mel = log_mel(x, mel_cfg)
+            real_mel = mel = log_mel(x, mel_cfg)
+            if predicted is not None:  # the input, not the target: the loss always reads the real audio
+                mel = predicted.mix(mel, utt, rel, args.predicted_mel_p, gen)
         with torch.autocast(**autocast):
             fake = fwd(mel)
         stats: dict[str, Tensor] = {}
@@ -320,7 +344,7 @@ def train(args: argparse.Namespace) -> Path:
             stats["d_grad_norm"] = torch.nn.utils.clip_grad_norm_(disc.parameters(), clip)
             opt.step()  # only the discriminator has gradients
             stats["d_loss"] = d_loss.detach()
-        loss, rec_stats = reconstruction_loss(fake, x, weights, mel_cfg, target_mel=mel)
+        loss, rec_stats = reconstruction_loss(fake, x, weights, mel_cfg, target_mel=real_mel)
         stats.update(rec_stats)
         if adversarial:
             with torch.autocast(**autocast):

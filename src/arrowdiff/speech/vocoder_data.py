@@ -103,6 +103,10 @@ class SegmentSampler:
 
     def sample(self, batch_size: int, gen: torch.Generator) -> Tensor:
         """(batch_size, segment) float32 in [-1, 1] on the device; a pure function of ``gen``'s state."""
+        return self.sample_positions(batch_size, gen)[0]
+
+    def sample_positions(self, batch_size: int, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`sample` plus each crop's utterance index and start sample inside that utterance."""
         r = torch.randint(self.total, (batch_size,), generator=gen)
         if self.cum.is_cuda:  # a pageable host-to-device copy would wait for the GPU: pin, copy async
             r = r.pin_memory().to(self.cum.device, non_blocking=True)
@@ -111,7 +115,49 @@ class SegmentSampler:
         rel = (r - before) * self.hop
         idx = (self.offsets[utt] + rel)[:, None] + self.arange
         x = self.wave[idx].float() * PCM_SCALE
-        return x * ((rel[:, None] + self.arange) < self.lengths[utt, None])
+        return x * ((rel[:, None] + self.arange) < self.lengths[utt, None]), utt, rel
 
 
-__all__ = ["PCM_SCALE", "SegmentSampler", "WaveSplit", "load_wave_split", "read_manifest", "split_exists"]
+class PredictedMels:
+    """A split's predicted log-mels (:mod:`arrowdiff.speech.predicted_mels`), swapped in for the real
+    mels of random batch rows: the vocoder then learns to voice the acoustic model's smoother mels
+    (HiFi-GAN, Kong et al. 2020, section 4.4)."""
+
+    def __init__(self, data: Path, split: str, hop: int, device: str | torch.device) -> None:
+        path = Path(data) / f"{split}_predicted_mel.npy"
+        if not path.is_file():
+            raise ConfigError(
+                f"{path} is missing: make it with python -m arrowdiff.speech.predicted_mels --model MODEL "
+                f"--data {data} --split {split}"
+            )
+        table = pq.read_table(Path(data) / f"{split}_utts.parquet", columns=["n_frames", "mel_offset"])
+        self.n_frames = torch.from_numpy(table.column("n_frames").to_numpy().astype(np.int64)).to(device)
+        self.offsets = torch.from_numpy(table.column("mel_offset").to_numpy().astype(np.int64)).to(device)
+        mels = np.load(path, mmap_mode="r", allow_pickle=False)
+        if mels.ndim != 2 or len(mels) < int((self.offsets + self.n_frames).max()):
+            raise ConfigError(f"{path}: shape {mels.shape} does not cover the frames of {split}_utts.parquet")
+        self.mels = torch.from_numpy(np.array(mels, dtype=np.float16)).to(device)  # a copy in memory
+        self.hop = hop
+
+    def mix(self, mel: Tensor, utt: Tensor, rel: Tensor, p: float, gen: torch.Generator) -> Tensor:
+        """``mel`` (B, n_mels, F) of crops starting ``rel`` samples into utterances ``utt``, with the rows
+        drawn with probability ``p`` replaced by the predicted frames (real frames past an utterance's
+        end are kept: they are the crop's zero padding)."""
+        rows = (torch.rand(mel.shape[0], generator=gen) < p).to(mel.device)
+        frame = rel[:, None] // self.hop + torch.arange(mel.shape[-1], device=mel.device)  # (B, F)
+        inside = frame < self.n_frames[utt, None]
+        idx = (self.offsets[utt, None] + frame).clamp(max=len(self.mels) - 1)
+        pred = self.mels[idx].float().transpose(1, 2)  # (B, n_mels, F)
+        use = (rows[:, None] & inside)[:, None, :]
+        return torch.where(use, pred, mel)
+
+
+__all__ = [
+    "PCM_SCALE",
+    "PredictedMels",
+    "SegmentSampler",
+    "WaveSplit",
+    "load_wave_split",
+    "read_manifest",
+    "split_exists",
+]
