@@ -97,6 +97,11 @@ def stage_times(
         ),
         "vocode": timeit(lambda: core.vocode(mel), r, w),
     }
+    if hasattr(core, "reference_mel"):  # cloning: AdaIN matching to the reference's mel statistics
+        from arrowdiff.speech.voice_match import match_statistics, mel_statistics
+
+        ref_mel = core.reference_mel(reference)
+        stages["voice_match"] = timeit(lambda: match_statistics(mel, mel_statistics(ref_mel)), r, w)
     if getattr(core, "prior", None) is not None:  # shallow diffusion: the prior's share of sample_mel
         stages["mel_prior_alone"] = timeit(
             lambda: core.sample_mel(ids, dur, spk, args.steps, args.guidance, gen, start_time=0.0), r, w
@@ -107,7 +112,8 @@ def stage_times(
         "sum_of_medians_ms": {
             "built_in_voice": sum(stages[s]["median_ms"] for s in path),
             "cloned_voice": sum(stages[s]["median_ms"] for s in path if s != "speaker_voice_id")
-            + stages["speaker_reference"]["median_ms"],
+            + stages["speaker_reference"]["median_ms"]
+            + stages.get("voice_match", {"median_ms": 0.0})["median_ms"],
         },
         "phones": len(ids),
         "frames": int(torch.as_tensor(dur).sum()),

@@ -140,6 +140,8 @@ def test_cli_diffuse_infill_writes_out_file(
         (["--modality", "image"], "image"),
         (["--length", "0"], "length"),
         (["--guidance-scale", "-1"], "guidance_scale"),
+        (["--voice-match", "0.5"], "--voice-match are for --modality audio"),
+        (["--modality", "audio", "--out", "x.wav", "--voice-match", "1"], "also give --reference"),
     ],
 )
 def test_cli_errors_are_one_line(

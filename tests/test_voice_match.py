@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from arrowdiff.errors import ConfigError
+from arrowdiff.speech.mel import LOG_FLOOR
 from arrowdiff.speech.voice_match import active_frames, match_statistics, mel_statistics
 from arrowdiff.speech_core import SpeechOptions
 
@@ -18,8 +19,8 @@ from arrowdiff.speech_core import SpeechOptions
 def speechlike_mel(seed: int, frames: int = 120, bins: int = 80, pause: int = 20) -> torch.Tensor:
     """A log-mel with a per-bin envelope, moving content and quiet pauses at both ends."""
     g = torch.Generator().manual_seed(seed)
-    envelope = torch.linspace(-2.0, -7.0, bins)[:, None] + torch.randn(bins, 1, generator=g)
-    mel = envelope + 1.5 * torch.randn(bins, frames, generator=g)
+    envelope = torch.linspace(-2.0, -6.0, bins)[:, None] + 0.5 * torch.randn(bins, 1, generator=g)
+    mel = envelope + torch.randn(bins, frames, generator=g)
     mel[:, :pause] = -11.0 + 0.1 * torch.randn(bins, pause, generator=g)
     mel[:, -pause:] = -11.0
     return mel
@@ -34,25 +35,44 @@ def test_pauses_are_not_active_frames() -> None:
 @settings(max_examples=25, deadline=None)
 @given(st.integers(0, 10_000), st.integers(0, 10_000))
 def test_matched_mel_takes_the_target_statistics_and_keeps_the_content(a: int, b: int) -> None:
-    mel, ref = speechlike_mel(a), speechlike_mel(b, frames=90) + 1.0
+    mel, ref = speechlike_mel(a), speechlike_mel(b, frames=90) + 2.0
     target = mel_statistics(ref)
     out = match_statistics(mel, target)
     mask = active_frames(mel)  # a per-bin affine map with positive scale: measured on the input's frames
+    assert (out[:, mask] > LOG_FLOOR).all()  # no speech frame reaches the floor clamp here
     assert torch.allclose(out[:, mask].mean(1), target.mean, atol=1e-4)
     assert torch.allclose(out[:, mask].std(1), target.std, atol=1e-3)
-    # content: every bin's time course is the input's up to a positive scale and shift
-    x, y = mel - mel.mean(1, keepdim=True), out - out.mean(1, keepdim=True)
+    # content: every bin's speech frames are the input's up to a positive scale and shift
+    x, y = mel[:, mask], out[:, mask]
+    x, y = x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
     corr = (x * y).sum(1) / (x.norm(dim=1) * y.norm(dim=1))
     assert torch.all(corr > 0.9999)
 
 
 def test_strength_blends_and_zero_is_identity() -> None:
-    mel, ref = speechlike_mel(1), speechlike_mel(2) - 2.0
+    mel, ref = speechlike_mel(1), speechlike_mel(2) * 0.8 + 0.5
     target = mel_statistics(ref)
     assert torch.equal(match_statistics(mel, target, 0.0), mel)
     full = match_statistics(mel, target, 1.0)
     assert torch.allclose(match_statistics(mel, target, 0.5), 0.5 * (mel + full), atol=1e-5)
     assert torch.allclose(match_statistics(full, target), full, atol=1e-3)  # idempotent
+
+
+def test_pauses_stay_silence_and_short_mels_are_matched() -> None:
+    """A bin that barely varies is not blown up, nothing falls below the log floor, and a one-word
+    output (few active frames) is matched over all its frames instead of raising."""
+    mel = speechlike_mel(4)
+    mel[5] = -6.0 + 0.001 * torch.randn(mel.shape[1], generator=torch.Generator().manual_seed(0))
+    wide = mel_statistics(speechlike_mel(5) * 2.0)
+    out = match_statistics(mel, wide)
+    assert out.min() >= LOG_FLOOR - 1e-5
+    pauses = torch.cat([out[:5, :20], out[6:, :20]])  # every bin but the flat one is silent there
+    assert torch.allclose(pauses, torch.full_like(pauses, LOG_FLOOR))
+    assert out[5].std() < 0.1  # the flat bin stays flat (std ratio bounded)
+    short = torch.full((80, 10), -11.0)
+    short[:, 4] = -3.0
+    matched = match_statistics(short, mel_statistics(speechlike_mel(6)))
+    assert matched.shape == (80, 10) and torch.isfinite(matched).all() and not torch.equal(matched, short)
 
 
 def test_voice_match_errors_name_the_value() -> None:
@@ -75,13 +95,15 @@ def test_cloning_matches_the_reference_statistics(speech_run: Path) -> None:
     engine = ArrowEngine.from_pretrained(speech_run / "model")
     core = engine.speech_core()
     t = np.arange(48000) / 16000
-    ref = (0.1 * np.sin(2 * np.pi * 180 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+    tone = sum(np.sin(2 * np.pi * 180 * k * t) / k for k in range(1, 25))  # a voiced, harmonic "voice"
+    ref = (0.05 * tone * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32)
     target = mel_statistics(core.reference_mel((ref, 16000)))
     text = "Hello there, how are you?"
     own = core.speak_mel(text, SpeechOptions(num_steps=2, voice_match=0.0), None, ref, 1)
     matched = core.speak_mel(text, SpeechOptions(num_steps=2), None, ref, 1)
-    mask = active_frames(own)
-    assert torch.allclose(matched[:, mask].mean(1), target.mean, atol=1e-3)
-    assert (own[:, mask].mean(1) - target.mean).abs().mean() > 0.5  # the model alone is elsewhere
+    mask, loud = active_frames(own), target.mean > LOG_FLOOR + 4  # bins the tone fills (no floor clamp)
+    assert loud.sum() >= 20
+    assert torch.allclose(matched[:, mask].mean(1)[loud], target.mean[loud], atol=1e-3)
+    assert (own[:, mask].mean(1) - target.mean)[loud].abs().mean() > 0.5  # the model alone is elsewhere
     with pytest.raises(ConfigError, match="also pass reference_audio"):
         engine.diffuse("Hi.", modality="audio", voice_id="low", voice_match=0.5, num_steps=2)

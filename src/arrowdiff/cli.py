@@ -59,6 +59,10 @@ def cmd_diffuse(args: argparse.Namespace) -> int:
         args.reference or args.voice or args.start_time is not None or args.voice_match is not None
     ):
         raise ConfigError("--reference, --voice, --start-time and --voice-match are for --modality audio")
+    if args.voice_match and not args.reference:
+        raise ConfigError(
+            f"--voice-match {args.voice_match} matches a reference voice: also give --reference"
+        )
     engine = ArrowEngine.from_pretrained(args.model, memory=args.store)
     if args.modality == "audio":
         from arrowdiff.speech.wav import write_wav

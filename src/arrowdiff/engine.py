@@ -384,7 +384,7 @@ class ArrowEngine:
     ) -> Speech:
         CommonParams(1, 1.0, seed)  # the seed means the same in every mode
         defaults = SpeechOptions()
-        if voice_match is not None and reference is None:
+        if voice_match and reference is None:
             raise ConfigError(f"voice_match={voice_match} matches a reference: also pass reference_audio")
         opts = SpeechOptions(
             num_steps=defaults.num_steps if num_steps is None else num_steps,

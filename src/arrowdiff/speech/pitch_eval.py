@@ -50,11 +50,11 @@ def pitch_agreement(real: np.ndarray, wave: np.ndarray, sr: int = 16_000) -> dic
     f_w, v_w = f0_track(wave, sr)
     n = min(len(v_r), len(v_w))
     f_r, v_r, f_w, v_w = f_r[:n], v_r[:n], f_w[:n], v_w[:n]
-    tp = float(np.sum(v_r & v_w))
-    f1 = 2 * tp / max(1.0, float(v_r.sum() + v_w.sum()))
+    tp, voiced_total = float(np.sum(v_r & v_w)), float(v_r.sum() + v_w.sum())
+    f1 = 2 * tp / voiced_total if voiced_total else math.nan  # nothing voiced in either: undefined
     both = v_r & v_w
-    cents = 1200 * np.log2(f_w[both] / f_r[both])
-    rmse = float(np.sqrt(np.mean(cents**2))) if both.any() else math.nan
+    error = 1200 * np.log2(f_w[both] / f_r[both])
+    rmse = float(np.sqrt(np.mean(error**2))) if both.any() else math.nan
     voiced = {"voiced_real": float(v_r.mean()), "voiced": float(v_w.mean())}
     return {"vuv_f1": f1, "f0_rmse_cents": rmse, **voiced}
 

@@ -7,7 +7,8 @@ model's own sampler (:meth:`arrowdiff.speech_core.SpeechCore.sample_mel`: the me
 diffusion on the shared backbone at the default start time) with the utterance's real phones and
 durations, so the predicted frames line up with the real waveform frame by frame. The speaker input is,
 seeded per utterance, the built-in voice of its speaker or (with probability ``--reference-p``) the
-reference embedding of another utterance of the same speaker, as at inference.
+reference embedding of another utterance of the same speaker, as at inference (but without voice matching:
+the reference is the speaker's own voice, so its statistics are the utterance's to begin with).
 
     python -m arrowdiff.speech.predicted_mels --model src/arrowdiff/pretrained/default \
         --data data/speech --split train
@@ -33,6 +34,7 @@ from tqdm import tqdm
 
 from arrowdiff.errors import ArrowDiffError, ConfigError
 from arrowdiff.speech.dataset import SpeechSet, other_utterance
+from arrowdiff.speech_core import MAX_FRAMES
 
 
 def predicted_mel_path(data: Path, split: str) -> Path:
@@ -49,6 +51,8 @@ def predict_split(
         raise ConfigError(f"--reference-p {reference_p} must be in [0, 1]")
     core = ArrowEngine.from_pretrained(model_dir).speech_core()
     speech = SpeechSet.load(data, split, arrays=("mel", "phones", "durations"))
+    if speech.mel_config != core.mel_cfg:
+        raise ConfigError(f"{data} has mels {speech.mel_config}; the model {model_dir} speaks {core.mel_cfg}")
     voices = set(core.voices())
     pools = speech.by_speaker()
     n_frames = speech.index["n_frames"].astype(np.int64)
@@ -68,6 +72,11 @@ def predict_split(
         durations = torch.from_numpy(np.array(speech.durations(i))).long()
         phones = [int(p) for p in speech.phones(i)]
         mel = core.sample_mel(phones, durations, spk, generator=g)[:, : n_frames[i]]
+        if mel.shape[1] != n_frames[i]:
+            raise ConfigError(
+                f"utterance {speech.utt_id(i)} of {split}: the model spoke {mel.shape[1]} frames for its "
+                f"{n_frames[i]} (the sampler's limit is {MAX_FRAMES}): drop or split it in the data set"
+            )
         out[offsets[i] : offsets[i] + mel.shape[1]] = mel.T.numpy().astype(np.float16)
     record = {
         "model": str(model_dir),

@@ -286,7 +286,9 @@ def train(args: argparse.Namespace) -> Path:
     sampler = SegmentSampler(load_wave_split(data, "train"), args.segment, cfg.hop, args.device)
     if not 0.0 <= args.predicted_mel_p <= 1.0:
         raise ConfigError(f"--predicted-mel-p {args.predicted_mel_p} must be in [0, 1]")
-    predicted = PredictedMels(data, "train", cfg.hop, args.device) if args.predicted_mel_p > 0 else None
+    predicted = (
+        PredictedMels(data, "train", cfg.hop, cfg.n_mels, args.device) if args.predicted_mel_p > 0 else None
+    )
     val = eval_waves(data, args.eval_utts, args.eval_seconds, mel_cfg, args.device)
 
     torch.manual_seed(args.seed)
@@ -304,10 +306,12 @@ def train(args: argparse.Namespace) -> Path:
         init_vocoder(vocoder, Path(args.init), cfg)
     if args.resume and (ckpt / "state.json").exists():
         state = load_checkpoint(ckpt, model, opt)
-        if state.get("config") != cfg.to_dict() or bool(state.get("gan")) != args.gan:
+        same_mix = state.get("args", {}).get("predicted_mel_p", 0.0) == args.predicted_mel_p
+        if state.get("config") != cfg.to_dict() or bool(state.get("gan")) != args.gan or not same_mix:
             raise ConfigError(
-                f"--resume: {ckpt} was trained with {state.get('config')}, gan={state.get('gan')}; "
-                f"this run asks for {cfg.to_dict()}, gan={args.gan}"
+                f"--resume: {ckpt} was trained with {state.get('config')}, gan={state.get('gan')}, "
+                f"predicted_mel_p={state.get('args', {}).get('predicted_mel_p', 0.0)}; this run asks for "
+                f"{cfg.to_dict()}, gan={args.gan}, predicted_mel_p={args.predicted_mel_p}"
             )
         start, elapsed, baseline = int(state["step"]), float(state["elapsed_s"]), state.get("baseline", {})
     fwd: Any = torch.compile(vocoder) if args.compile else vocoder

@@ -123,7 +123,7 @@ class PredictedMels:
     mels of random batch rows: the vocoder then learns to voice the acoustic model's smoother mels
     (HiFi-GAN, Kong et al. 2020, section 4.4)."""
 
-    def __init__(self, data: Path, split: str, hop: int, device: str | torch.device) -> None:
+    def __init__(self, data: Path, split: str, hop: int, n_mels: int, device: str | torch.device) -> None:
         path = Path(data) / f"{split}_predicted_mel.npy"
         if not path.is_file():
             raise ConfigError(
@@ -134,8 +134,12 @@ class PredictedMels:
         self.n_frames = torch.from_numpy(table.column("n_frames").to_numpy().astype(np.int64)).to(device)
         self.offsets = torch.from_numpy(table.column("mel_offset").to_numpy().astype(np.int64)).to(device)
         mels = np.load(path, mmap_mode="r", allow_pickle=False)
-        if mels.ndim != 2 or len(mels) < int((self.offsets + self.n_frames).max()):
-            raise ConfigError(f"{path}: shape {mels.shape} does not cover the frames of {split}_utts.parquet")
+        frames = int((self.offsets + self.n_frames).max())
+        if mels.shape != (frames, n_mels):
+            raise ConfigError(
+                f"{path}: shape {mels.shape}, but {split}_utts.parquet has {frames} frames and the vocoder "
+                f"reads {n_mels} mel bands: make it again from this data set with predicted_mels"
+            )
         self.mels = torch.from_numpy(np.array(mels, dtype=np.float16)).to(device)  # a copy in memory
         self.hop = hop
 

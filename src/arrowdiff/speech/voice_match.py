@@ -22,10 +22,12 @@ import torch
 from torch import Tensor
 
 from arrowdiff.errors import ConfigError
+from arrowdiff.speech.mel import LOG_FLOOR
 
 ACTIVE_RANGE = (0.05, 0.95)  # frame-energy quantiles whose midpoint separates speech from pauses
 MIN_ACTIVE_FRAMES = 8
-EPS = 1e-4
+MIN_STD = 0.1  # a flatter bin (nats) is not scaled up as if it carried a voice's variation
+MAX_SCALE = 4.0  # per-bin std ratio bound: pauses must not be flung below the log floor
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ def active_frames(mel: Tensor) -> Tensor:
     end of the mel's frame energies (:data:`ACTIVE_RANGE` quantiles): speech, not pauses, which would
     pull every bin's mean towards the silence floor."""
     energy = mel.float().mean(0)
-    lo, hi = torch.quantile(energy, torch.tensor(ACTIVE_RANGE))
+    lo, hi = torch.quantile(energy, torch.tensor(ACTIVE_RANGE, device=energy.device))
     return energy >= (lo + hi) / 2
 
 
@@ -63,16 +65,24 @@ def mel_statistics(mel: Tensor, min_frames: int = MIN_ACTIVE_FRAMES) -> MelStati
 
 def match_statistics(mel: Tensor, target: MelStatistics, strength: float = 1.0) -> Tensor:
     """``mel`` (n_mels, F) with its per-bin active-frame statistics moved to ``target``'s (AdaIN), blended
-    with the input by ``strength`` in [0, 1]."""
+    with the input by ``strength`` in [0, 1].
+
+    Every frame gets its bin's affine map; the std ratio is bounded (:data:`MIN_STD`, :data:`MAX_SCALE`)
+    and the result clamped at the log floor, so pauses stay silence. A mel too short to have
+    :data:`MIN_ACTIVE_FRAMES` active frames is measured over all its frames."""
     if not 0.0 <= strength <= 1.0:
         raise ConfigError(f"voice_match={strength} must be in [0, 1] (0 = off, 1 = full matching)")
     if mel.shape[0] != target.mean.shape[0]:
         raise ConfigError(f"mel has {mel.shape[0]} bins, the reference statistics {target.mean.shape[0]}")
-    if strength == 0.0 or mel.shape[1] < 3:  # nothing to match, or too short to have statistics
+    if strength == 0.0 or mel.shape[1] < 2:  # nothing to match, or no variation to measure
         return mel
-    own = mel_statistics(mel, min_frames=2)
     x = mel.float()
-    matched = (x - own.mean[:, None]) / (own.std[:, None] + EPS) * target.std[:, None] + target.mean[:, None]
+    if int(active_frames(x).sum()) >= MIN_ACTIVE_FRAMES:
+        own = mel_statistics(x)
+    else:  # a very short output (a word): its statistics over every frame
+        own = MelStatistics(x.mean(1), x.std(1), x.shape[1])
+    scale = (target.std / own.std.clamp(min=MIN_STD)).clamp(1.0 / MAX_SCALE, MAX_SCALE)
+    matched = ((x - own.mean[:, None]) * scale[:, None] + target.mean[:, None]).clamp(min=LOG_FLOOR)
     return ((1.0 - strength) * x + strength * matched).to(mel.dtype)
 
 
