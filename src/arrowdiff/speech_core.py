@@ -34,6 +34,7 @@ from arrowdiff.speech.prior import MelPrior
 from arrowdiff.speech.voice_match import match_statistics, mel_statistics
 from arrowdiff.speech.wav import read_wav, write_wav
 
+ReferenceAudio = str | Path | np.ndarray | tuple  # a WAV path, (wave, sample_rate) or a 16 kHz array
 MIN_REFERENCE_S = 1.0  # shortest reference accepted (5 s recommended)
 MAX_FRAMES = 2048  # 32 s of speech per call
 SHALLOW_START = 0.1  # default start of shallow diffusion from the mel prior (benchmarks/tts_quality.py)
@@ -129,7 +130,7 @@ class SpeechCore:
             raise ConfigError(f"text of {len(ids)} phones is too long for one call: split it into sentences")
         return ids
 
-    def reference_mel(self, reference: str | Path | np.ndarray | tuple) -> Tensor:
+    def reference_mel(self, reference: ReferenceAudio) -> Tensor:
         """Log-mel (n_mels, F) of reference audio (a WAV path, (wave, sr), or a 16 kHz array), checked
         and brought to the training loudness (-20 dBFS)."""
         if isinstance(reference, (str, Path)):
@@ -146,7 +147,7 @@ class SpeechCore:
     def speaker(
         self,
         voice_id: str | None = None,
-        reference: str | Path | np.ndarray | tuple | None = None,
+        reference: ReferenceAudio | None = None,
         reference_mel: Tensor | None = None,
     ) -> Tensor:
         """(1, E) speaker embedding: from ``reference`` audio (a WAV path, (wave, sr), or a 16 kHz
@@ -254,7 +255,7 @@ class SpeechCore:
         text: str,
         opts: SpeechOptions,
         voice_id: str | None = None,
-        reference: str | Path | np.ndarray | tuple | None = None,
+        reference: ReferenceAudio | None = None,
         seed: int | None = None,
         progress: bool = False,
     ) -> Tensor:
@@ -276,7 +277,7 @@ class SpeechCore:
         text: str,
         opts: SpeechOptions,
         voice_id: str | None = None,
-        reference: str | Path | np.ndarray | tuple | None = None,
+        reference: ReferenceAudio | None = None,
         seed: int | None = None,
         progress: bool = False,
     ) -> Speech:
