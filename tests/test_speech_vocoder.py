@@ -298,3 +298,21 @@ def test_init_starts_from_another_runs_vocoder(tmp_path: Path, capsys: pytest.Ca
     wide = [*common, "--out", str(tmp_path / "bad"), "--init", str(tmp_path / "src" / "model"), "--dim", "24"]
     assert main(wide) == 2
     assert "pass the same --dim" in capsys.readouterr().err
+
+
+def test_resume_wins_over_init(tmp_path: Path) -> None:
+    """A run started with --init, stopped and resumed with the same flags ends exactly where a straight run
+    does: the checkpoint, not the --init source, is what the resumed run continues from."""
+    from arrowdiff.speech.train_vocoder import main
+
+    data = write_tiny_speech_set(tmp_path / "speech")
+    assert main(["--data", str(data), "--out", str(tmp_path / "src"), "--steps", "2", *TINY_ARGS]) == 0
+    args = [*TINY_ARGS, "--init", str(tmp_path / "src" / "model"), "--no-export", "--steps", "3"]
+    straight, resumed = tmp_path / "a", tmp_path / "b"
+    assert main(["--data", str(data), "--out", str(straight), *args]) == 0
+    assert main(["--data", str(data), "--out", str(resumed), "--stop-at", "2", *args]) == 0
+    assert main(["--data", str(data), "--out", str(resumed), "--resume", *args]) == 0
+    wa = load_file(str(straight / "checkpoint" / "model.safetensors"))
+    wb = load_file(str(resumed / "checkpoint" / "model.safetensors"))
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
