@@ -13,6 +13,7 @@ from arrowdiff.diffusion_core import DiffusionCore, SamplingOptions
 from arrowdiff.engine import ArrowEngine
 from arrowdiff.errors import ConfigError, ModalityError, WeightFormatError
 from arrowdiff.loading import load_model
+from arrowdiff.weights.tensor_index import read_index
 
 FAST = {"num_steps": 4, "length": 8}
 
@@ -174,7 +175,8 @@ def test_cli_corrupt_component(
     shutil.copytree(tiny_model_dir, bad)
     f = bad / "backbone.parquet"
     data = bytearray(f.read_bytes())
-    mid = len(data) // 2
+    offset, length = max((e["payload"] for e in read_index(f)), key=lambda span: span[1])
+    mid = offset + length // 2  # inside the largest tensor's codes (bytes between tensors are never read)
     data[mid : mid + 8] = bytes(b ^ 0xFF for b in data[mid : mid + 8])
     f.write_bytes(bytes(data))
     assert cli_main(["diffuse", "--model", str(bad), "--prompt", "x", "--steps", "2", "--length", "4"]) == 2

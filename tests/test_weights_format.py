@@ -63,7 +63,7 @@ def test_pyarrow_lists_the_tensors(tmp_path):
     assert table.column("shape").to_pylist()[0] == [24, 40]
     md = pq.ParquetFile(path).metadata
     assert md.num_row_groups == len(_tensors())  # one row group per tensor
-    assert md.metadata[b"arrowdiff.format_version"] == b"1.0"
+    assert md.metadata[b"arrowdiff.format_version"] == b"1.1"
     full = pq.read_table(path)  # the blob columns decode too
     assert full.column("payload")[0].as_py() == bytes(read_component(path)["blocks.0.attn.weight"].payload)
 
@@ -90,7 +90,7 @@ def test_save_and_load_model_dir(tmp_path):
     comps = {"backbone": _tensors(), "heads/text": heads}
     save_model_dir(tmp_path / "m", comps, {"model_type": "unified_diffusion", "seed": 3}, POLICY)
     meta = json.loads((tmp_path / "m" / "metadata.json").read_text())
-    assert meta["format_version"] == "1.0" and meta["seed"] == 3
+    assert meta["format_version"] == "1.1" and meta["seed"] == 3
     assert meta["components"] == {"backbone": "backbone.parquet", "heads/text": "heads/text.parquet"}
     assert meta["quantization"]["bit_width"] == 4 and meta["quantization"]["policy"]["group_size"] == 16
     loaded = load_model_dir(tmp_path / "m", verify=True)

@@ -17,12 +17,13 @@ from arrowdiff.errors import WeightFormatError
 from arrowdiff.weights.blobs import Blobs
 from arrowdiff.weights.schema import (
     BLOB_COLUMNS,
-    SCHEMA,
-    SMALL_COLUMNS,
     SUPPORTED_FORMAT_VERSIONS,
     VERSION_KEY,
     check_row,
     corrupt,
+    row_grouping,
+    schema_for,
+    small_columns,
 )
 from arrowdiff.weights.stored_tensor import StoredTensor
 from arrowdiff.weights.tensor_index import parse_index, read_footer
@@ -65,7 +66,7 @@ def _indexed_tensor(path: Path, mm: mmap.mmap, e: dict) -> StoredTensor:
     cells = [np.frombuffer(mm, np.uint8, count=e[c][1], offset=e[c][0]) for c in BLOB_COLUMNS]
     return StoredTensor(
         e["name"], path, tuple(e["shape"]), e["dtype"], e["bits"], e["group_size"], e["method"], e["pad"],
-        e["sha256"], True, *cells,
+        e["sha256"], True, *cells, grouping=row_grouping(e),
     )  # fmt: skip
 
 
@@ -83,9 +84,11 @@ def _read_with_pyarrow(path: Path, f: object, fd: int, mm: mmap.mmap) -> dict[st
                 f"{path}: format version {version.decode()!r} is not one this arrowdiff reads "
                 f"{SUPPORTED_FORMAT_VERSIONS}; upgrade arrowdiff or re-export the model"
             )
-        if pf.schema_arrow.names != SCHEMA.names:
-            raise WeightFormatError(f"{path}: columns {pf.schema_arrow.names} differ from {SCHEMA.names}")
-        rows = pf.read(columns=list(SMALL_COLUMNS), use_threads=False).to_pylist()  # tiny: no pool
+        expected = schema_for(version.decode()).names
+        if pf.schema_arrow.names != expected:
+            raise WeightFormatError(f"{path}: columns {pf.schema_arrow.names} differ from {expected}")
+        columns = list(small_columns(version.decode()))
+        rows = pf.read(columns=columns, use_threads=False).to_pylist()  # tiny: no pool
     except (pa.ArrowException, OSError) as e:
         raise corrupt(path, f"pyarrow cannot read it ({e})") from e
     blobs = Blobs(path, mm, fd, pf)
@@ -102,5 +105,6 @@ def _read_with_pyarrow(path: Path, f: object, fd: int, mm: mmap.mmap) -> dict[st
         out[name] = StoredTensor(
             name, path, tuple(row["shape"]), row["dtype"], row["bits"], row["group_size"], row["method"],
             row["pad"], row["sha256"], all(z for _, z in cells), cells[0][0], cells[1][0], cells[2][0],
+            grouping=row_grouping(row),
         )  # fmt: skip
     return out

@@ -80,6 +80,7 @@ def _table(name: str, q: QuantizedTensor, dtype: str, digest: str) -> pa.Table:
         "zeros": _blob_array(q.zeros),
         "pad": pa.array([q.pad], pa.int32()),
         "sha256": pa.array([digest], pa.string()),
+        "grouping": pa.array([q.grouping], pa.string()),
     }
     return pa.Table.from_arrays([cols[n] for n in SCHEMA.names], schema=SCHEMA)
 

@@ -2,7 +2,11 @@
 
 Notation (one row of the flattened weight, one group ``g`` of ``group_size`` values):
 
-    w        the original values, flattened to (rows, cols): rows = prod(shape[:-1]), cols = shape[-1]
+    w        the original values, flattened to (rows, cols) by the tensor's ``grouping``:
+             "rows" (format 1.1): rows = shape[0], cols = prod(shape[1:]), so a conv kernel
+                                  (out, in, k) groups over in x k, not over its k taps alone;
+             "last" (format 1.0): rows = prod(shape[:-1]), cols = shape[-1].
+             The two agree for vectors and matrices; 1-D and 0-D tensors are one row.
     q        integer codes in [0, 2**bits - 1], packed little-endian within a byte (first code in low bits)
     s        the group's scale (fp16), the size of one quantization step
     z        the group's zero point: uint8 for "rtn", fp16 for "hqq" (a real number)
@@ -26,6 +30,7 @@ QUANT_BITS = (2, 4, 8)  # widths stored as packed integer codes
 FLOAT_BITS = (16, 32)  # widths stored as raw little-endian floats
 SUPPORTED_BITS = QUANT_BITS + FLOAT_BITS
 METHODS = ("rtn", "hqq")
+GROUPINGS = ("rows", "last")  # format 1.1's, and format 1.0's (every tensor of a 1.0 file)
 
 if sys.byteorder != "little":  # the format is little-endian and tensors are viewed as raw bytes
     raise ImportError("arrowdiff.weights needs a little-endian machine")
@@ -40,9 +45,10 @@ class QuantizedTensor:
     zeros: torch.Tensor  # (rows, n_groups) uint8 ("rtn") or float16 ("hqq"); empty for bits 16/32
     shape: tuple[int, ...]  # the original shape
     bits: int  # 2, 4, 8 (codes) or 16, 32 (raw floats)
-    group_size: int  # values per group along the last dim; 0 for bits 16/32
+    group_size: int  # values per group along a row; 0 for bits 16/32
     method: str  # "rtn", "hqq", or "none" for bits 16/32
     pad: int  # zero columns appended so that cols % group_size == 0
+    grouping: str = "rows"  # how the shape flattens to (rows, cols): GROUPINGS
 
 
 def check_bits(bits: int) -> int:
@@ -111,15 +117,24 @@ def unpack(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     return codes.reshape(-1)[:n]
 
 
-def _rows_cols(shape: tuple[int, ...]) -> tuple[int, int]:
+def rows_cols(shape: tuple[int, ...], grouping: str = "rows") -> tuple[int, int]:
+    """(rows, cols) a tensor of ``shape`` is quantized as, under ``grouping`` (module docstring)."""
+    if grouping not in GROUPINGS:
+        raise ConfigError(f"grouping={grouping!r} is not one of {GROUPINGS}")
     if len(shape) == 0:
         return 1, 1
+    if len(shape) == 1:
+        return 1, shape[0]
+    if grouping == "rows":
+        return shape[0], math.prod(shape[1:])
     return math.prod(shape[:-1]), shape[-1]
 
 
-def layout(shape: tuple[int, ...], bits: int, group_size: int) -> tuple[int, int, int]:
+def layout(
+    shape: tuple[int, ...], bits: int, group_size: int, grouping: str = "rows"
+) -> tuple[int, int, int]:
     """(payload bytes, number of scales/zeros, pad) implied by a shape and settings; used to check files."""
-    rows, cols = _rows_cols(shape)
+    rows, cols = rows_cols(shape, grouping)
     if bits in FLOAT_BITS:
         return rows * cols * bits // 8, 0, 0
     pad = (-cols) % group_size
@@ -208,8 +223,11 @@ def _hqq(
     return q.to(torch.uint8), s16.squeeze(-1), z16.squeeze(-1)
 
 
-def quantize(w: torch.Tensor, bits: int, group_size: int, method: str = "rtn") -> QuantizedTensor:
-    """Quantize ``w`` group-wise along its last dim to ``bits`` (2/4/8), or store it raw (16/32).
+def quantize(
+    w: torch.Tensor, bits: int, group_size: int, method: str = "rtn", grouping: str = "rows"
+) -> QuantizedTensor:
+    """Quantize ``w`` group-wise along its flattened rows (``grouping``) to ``bits`` (2/4/8), or store it
+    raw (16/32). ``grouping="last"`` writes format 1.0's layout (kept for tests and old files).
 
     ``method="rtn"``: round to nearest, integer zero point, guaranteed ``|w - w_hat| <= s / 2``.
     ``method="hqq"``: Half-Quadratic Quantization (Badri & Shaji 2023), lower error, fp16 zero point.
@@ -234,12 +252,12 @@ def quantize(w: torch.Tensor, bits: int, group_size: int, method: str = "rtn") -
         return QuantizedTensor(
             raw.reshape(-1).view(torch.uint8), empty, empty.to(torch.uint8), shape, bits, 0, "none", 0
         )
-    rows, cols = _rows_cols(shape)
-    _, _, pad = layout(shape, bits, group_size)
+    rows, cols = rows_cols(shape, grouping)
+    _, _, pad = layout(shape, bits, group_size, grouping)
     x = torch.nn.functional.pad(x.reshape(rows, cols), (0, pad))  # (R, C + pad)
     g = x.reshape(rows, (cols + pad) // group_size, group_size)  # (R, G, group_size)
     q, s, z = (_rtn if method == "rtn" else _hqq)(g, bits)
-    return QuantizedTensor(pack(q, bits), s, z, shape, bits, group_size, method, pad)
+    return QuantizedTensor(pack(q, bits), s, z, shape, bits, group_size, method, pad, grouping)
 
 
 def dequantize(q: QuantizedTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -248,7 +266,7 @@ def dequantize(q: QuantizedTensor, dtype: torch.dtype = torch.float32) -> torch.
     if q.bits in FLOAT_BITS:
         raw = q.packed.view(torch.float16 if q.bits == 16 else torch.float32)
         return raw.to(dtype, copy=True).reshape(q.shape)
-    rows, cols = _rows_cols(q.shape)
+    rows, cols = rows_cols(q.shape, q.grouping)
     n = rows * (cols + q.pad)
     codes = unpack(q.packed, q.bits, n).reshape(rows, (cols + q.pad) // q.group_size, q.group_size).float()
     w = (codes - q.zeros.float().unsqueeze(-1)) * q.scales.float().unsqueeze(-1)

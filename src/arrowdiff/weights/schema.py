@@ -13,10 +13,10 @@ import pyarrow as pa
 import torch
 
 from arrowdiff.errors import WeightFormatError
-from arrowdiff.weights.quantize import FLOAT_BITS, METHODS, SUPPORTED_BITS, layout
+from arrowdiff.weights.quantize import FLOAT_BITS, GROUPINGS, METHODS, SUPPORTED_BITS, layout
 
-FORMAT_VERSION = "1.0"
-SUPPORTED_FORMAT_VERSIONS = ("1.0",)
+FORMAT_VERSION = "1.1"
+SUPPORTED_FORMAT_VERSIONS = ("1.0", "1.1")
 VERSION_KEY = "arrowdiff.format_version"
 DTYPES = {
     "float16": torch.float16,
@@ -40,11 +40,29 @@ SCHEMA = pa.schema(
         pa.field("zeros", pa.large_binary(), nullable=False),
         pa.field("pad", pa.int32(), nullable=False),
         pa.field("sha256", pa.string(), nullable=False),
+        pa.field("grouping", pa.string(), nullable=False),  # 1.1: "rows" or "last" (a copied 1.0 tensor)
     ],
     metadata={VERSION_KEY: FORMAT_VERSION},
 )
+SCHEMA_1_0 = pa.schema(list(SCHEMA)[:-1], metadata={VERSION_KEY: "1.0"})  # no grouping: all "last"
 BLOB_COLUMNS = ("payload", "scales", "zeros")
 SMALL_COLUMNS = tuple(n for n in SCHEMA.names if n not in BLOB_COLUMNS)
+
+
+def schema_for(version: str) -> pa.Schema:
+    """The schema of a file of ``version`` (one of SUPPORTED_FORMAT_VERSIONS)."""
+    return SCHEMA_1_0 if version == "1.0" else SCHEMA
+
+
+def small_columns(version: str) -> tuple[str, ...]:
+    return tuple(n for n in schema_for(version).names if n not in BLOB_COLUMNS)
+
+
+def row_grouping(row: dict) -> str:
+    """A row's grouping: its ``grouping`` column, or "last" for a format 1.0 row (which has none)."""
+    return row.get("grouping", "last")
+
+
 # section 4: the writer settings that make zero-copy views possible
 WRITER_SETTINGS = {
     "version": "2.6",
@@ -81,6 +99,12 @@ def check_row(path: Path, row: dict) -> tuple[int, int, int]:
     if any(d < 0 for d in row["shape"]):
         raise corrupt(path, f"tensor {name!r} has negative shape {row['shape']}")
     shape = tuple(row["shape"])
+    grouping = row_grouping(row)
+    if grouping not in GROUPINGS:
+        raise WeightFormatError(
+            f"{path}: tensor {name!r} has grouping={grouping!r}; this arrowdiff reads {GROUPINGS}: "
+            "upgrade arrowdiff or re-export the model"
+        )
     if bits in FLOAT_BITS:
         if method != "none" or row["pad"] != 0:
             raise corrupt(path, f"tensor {name!r} stores raw {bits}-bit floats but method={method!r}")
@@ -90,7 +114,7 @@ def check_row(path: Path, row: dict) -> tuple[int, int, int]:
             f"{path}: tensor {name!r} has method={method!r}, group_size={row['group_size']}; "
             f"this arrowdiff reads methods {METHODS}: upgrade arrowdiff or re-export the model"
         )
-    n_payload, n_groups, pad = layout(shape, bits, row["group_size"])
+    n_payload, n_groups, pad = layout(shape, bits, row["group_size"], grouping)
     if row["pad"] != pad:
         raise corrupt(path, f"tensor {name!r} records pad={row['pad']} but its shape implies {pad}")
     return n_payload, 2 * n_groups, n_groups * (2 if method == "hqq" else 1)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from arrowdiff.errors import WeightFormatError
-from arrowdiff.weights.quantize import QuantizedTensor, dequantize, layout
+from arrowdiff.weights.quantize import QuantizedTensor, dequantize, layout, rows_cols
 from arrowdiff.weights.schema import DTYPES, checksum
 
 
@@ -40,6 +40,7 @@ class StoredTensor:
     _scales: np.ndarray = field(repr=False)
     _zeros: np.ndarray = field(repr=False)
     _verified: bool = field(default=False, repr=False)
+    grouping: str = "last"  # how the shape flattens to rows (quantize.GROUPINGS); "last" in 1.0 files
 
     @property
     def payload(self) -> np.ndarray:
@@ -66,15 +67,14 @@ class StoredTensor:
 
     def quantized(self) -> QuantizedTensor:
         """The tensor in ArrowQuant form; ``packed`` shares memory with the file mapping."""
-        _, n_scales, _ = layout(self.shape, self.bits, self.group_size)
-        rows = 1 if not self.shape else int(np.prod(self.shape[:-1]))
+        _, n_scales, _ = layout(self.shape, self.bits, self.group_size, self.grouping)
+        rows = rows_cols(self.shape, self.grouping)[0]
         grid = (rows, n_scales // rows) if rows else (0, 0)
         scales = _torch_view(self._scales, torch.float16).reshape(grid)
         zeros = _torch_view(self._zeros, torch.float16 if self.method == "hqq" else torch.uint8).reshape(grid)
         packed = torch.from_numpy(self._payload)
-        return QuantizedTensor(
-            packed, scales, zeros, self.shape, self.bits, self.group_size, self.method, self.pad
-        )
+        settings = (self.shape, self.bits, self.group_size, self.method, self.pad, self.grouping)
+        return QuantizedTensor(packed, scales, zeros, *settings)
 
     def to_tensor(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Dequantize into a new tensor (``dtype`` defaults to the original); verifies the checksum first."""

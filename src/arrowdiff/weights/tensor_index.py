@@ -20,7 +20,6 @@ from arrowdiff.weights.blobs import Blobs
 from arrowdiff.weights.pages import field_offset, find_key_value, key_value_entry
 from arrowdiff.weights.schema import (
     BLOB_COLUMNS,
-    SMALL_COLUMNS,
     SUPPORTED_FORMAT_VERSIONS,
     VERSION_KEY,
     check_row,
@@ -59,7 +58,8 @@ def build_index(path: Path) -> dict:
             raise corrupt(path, "bad footer length")
         prefix = field_offset(footer, _KEY_VALUE_FIELD)
         pf = pq.ParquetFile(pa.PythonFile(f, mode="r"))
-        rows = pf.read(columns=list(SMALL_COLUMNS), use_threads=False).to_pylist()
+        names = [n for n in pf.schema_arrow.names if n not in BLOB_COLUMNS]  # 1.0 files lack grouping
+        rows = pf.read(columns=names, use_threads=False).to_pylist()
         blobs = Blobs(path, None, fd, pf)
         tensors = []
         for i, row in enumerate(rows):
@@ -91,6 +91,8 @@ def _index_entry_ok(path: Path, e: object, data_end: int) -> bool:
         if type(e["dtype"]) is not str or type(e["method"]) is not str or not _HEX64.fullmatch(e["sha256"]):
             return False
         if type(e["bits"]) is not int or type(e["group_size"]) is not int or type(e["pad"]) is not int:
+            return False
+        if "grouping" in e and type(e["grouping"]) is not str:
             return False
         for column, n in zip(BLOB_COLUMNS, check_row(path, e), strict=True):
             span = e[column]
