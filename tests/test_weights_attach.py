@@ -49,6 +49,10 @@ def test_attach_copies_tensors_exactly_and_carries_metadata(tmp_path: Path) -> N
         "policy"
     ]["keep"]
     assert (tmp_path / "out" / "tokenizer.json").exists()
+    for name in ("backbone.parquet", "vocoder.parquet"):  # untouched components are copied byte for byte
+        assert (tmp_path / "out" / name).read_bytes() == (
+            model if name == "backbone.parquet" else source
+        ).joinpath(name).read_bytes()
     with pytest.raises(ConfigError, match="not empty"):
         attach_component(model, source, "vocoder", tmp_path / "out")
     with pytest.raises(ConfigError, match="no component 'vae'"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,32 @@ def _write_json_atomic(path: Path, obj: dict[str, Any]) -> None:
     fsync_dir(path.parent)
 
 
+def whole_source_file(tensors: Mapping[str, Any]) -> Path | None:
+    """The component file ``tensors`` were all read from, when they are exactly its tensors in its order
+    (a component carried over unchanged), else None."""
+    files = {t.file for t in tensors.values() if isinstance(t, StoredTensor)}
+    if len(files) != 1 or not all(isinstance(t, StoredTensor) for t in tensors.values()):
+        return None
+    (source,) = files
+    stored = read_component(source)
+    same = list(stored) == list(tensors) and all(stored[k].sha256 == t.sha256 for k, t in tensors.items())
+    return source if same else None
+
+
+def copy_component(source: Path, path: Path) -> None:
+    """Copy a component file byte for byte (it keeps its own format version), atomically."""
+    tmp = tmp_path(path)
+    try:
+        shutil.copyfile(source, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
 def save_model_dir(
     dir: Path,
     components: Mapping[str, Mapping[str, torch.Tensor]],
@@ -69,7 +96,8 @@ def save_model_dir(
     """Write every component file, then ``metadata.json`` last (so a crash never leaves a valid-looking dir).
 
     ``metadata`` is the caller's (config, training provenance, ...); ``format_version``, ``components`` and
-    ``quantization`` are filled in here, and ``model_type`` defaults to ``"unified_diffusion"``.
+    ``quantization`` are filled in here, and ``model_type`` defaults to ``"unified_diffusion"``. A component
+    given as all the tensors of one existing file, unchanged, is copied byte for byte (verified first).
     """
     dir = Path(dir)
     if not isinstance(metadata, dict):
@@ -77,7 +105,14 @@ def save_model_dir(
     files = {name: component_file(name) for name in components}
     dir.mkdir(parents=True, exist_ok=True)
     for name, tensors in components.items():
-        write_component(dir / files[name], tensors, policy.for_component(name))
+        (dir / files[name]).parent.mkdir(parents=True, exist_ok=True)
+        source = whole_source_file(tensors)
+        if source is not None and source.resolve() != (dir / files[name]).resolve():
+            for t in tensors.values():
+                t.verify()
+            copy_component(source, dir / files[name])
+        else:
+            write_component(dir / files[name], tensors, policy.for_component(name))
     meta = dict(metadata)
     meta["format_version"] = FORMAT_VERSION
     meta.setdefault("model_type", MODEL_TYPE)
