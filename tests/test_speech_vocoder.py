@@ -253,20 +253,28 @@ def test_training_cli_writes_log_and_a_loadable_model(tmp_path: Path) -> None:
     ]
 
 
-def test_training_with_gan_resumes_exactly(tmp_path: Path) -> None:
+def assert_resumes_exactly(data: Path, tmp_path: Path, args: list[str]) -> tuple[Path, dict]:
+    """Train 3 steps straight and 2 + resume 1 with the same ``args``; the two checkpoints must be equal.
+    Returns the straight run's folder and its weights."""
     from arrowdiff.speech.train_vocoder import main
 
-    data = write_tiny_speech_set(tmp_path / "speech")
-    args = [*TINY_ARGS, "--gan", "--gan-start", "1", "--disc-channels", "4", "--no-export", "--steps", "3"]
+    args = [*args, "--no-export", "--steps", "3"]
     straight, resumed = tmp_path / "a", tmp_path / "b"
     assert main(["--data", str(data), "--out", str(straight), *args]) == 0
     assert main(["--data", str(data), "--out", str(resumed), "--stop-at", "2", *args]) == 0
     assert main(["--data", str(data), "--out", str(resumed), "--resume", *args]) == 0
     wa = load_file(str(straight / "checkpoint" / "model.safetensors"))
     wb = load_file(str(resumed / "checkpoint" / "model.safetensors"))
-    assert any(k.startswith("disc.") for k in wa)
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
+    return straight, wa
+
+
+def test_training_with_gan_resumes_exactly(tmp_path: Path) -> None:
+    data = write_tiny_speech_set(tmp_path / "speech")
+    gan = ["--gan", "--gan-start", "1", "--disc-channels", "4"]
+    straight, wa = assert_resumes_exactly(data, tmp_path, [*TINY_ARGS, *gan])
+    assert any(k.startswith("disc.") for k in wa)
     log = [json.loads(line) for line in (straight / "log.jsonl").read_text().splitlines()]
     assert "d_loss" not in log[0] and "d_loss" in log[1] and "g_fm" in log[2]
 
@@ -307,12 +315,4 @@ def test_resume_wins_over_init(tmp_path: Path) -> None:
 
     data = write_tiny_speech_set(tmp_path / "speech")
     assert main(["--data", str(data), "--out", str(tmp_path / "src"), "--steps", "2", *TINY_ARGS]) == 0
-    args = [*TINY_ARGS, "--init", str(tmp_path / "src" / "model"), "--no-export", "--steps", "3"]
-    straight, resumed = tmp_path / "a", tmp_path / "b"
-    assert main(["--data", str(data), "--out", str(straight), *args]) == 0
-    assert main(["--data", str(data), "--out", str(resumed), "--stop-at", "2", *args]) == 0
-    assert main(["--data", str(data), "--out", str(resumed), "--resume", *args]) == 0
-    wa = load_file(str(straight / "checkpoint" / "model.safetensors"))
-    wb = load_file(str(resumed / "checkpoint" / "model.safetensors"))
-    for k in wa:
-        assert torch.equal(wa[k], wb[k]), k
+    assert_resumes_exactly(data, tmp_path, [*TINY_ARGS, "--init", str(tmp_path / "src" / "model")])

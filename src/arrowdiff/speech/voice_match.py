@@ -77,10 +77,10 @@ def match_statistics(mel: Tensor, target: MelStatistics, strength: float = 1.0) 
     if strength == 0.0 or mel.shape[1] < 2:  # nothing to match, or no variation to measure
         return mel
     x = mel.float()
-    if int(active_frames(x).sum()) >= MIN_ACTIVE_FRAMES:
-        own = mel_statistics(x)
-    else:  # a very short output (a word): its statistics over every frame
-        own = MelStatistics(x.mean(1), x.std(1), x.shape[1])
+    mask = active_frames(x)
+    if int(mask.sum()) < MIN_ACTIVE_FRAMES:  # a very short output (a word): measured over every frame
+        mask = torch.ones_like(mask)
+    own = MelStatistics(x[:, mask].mean(1), x[:, mask].std(1), int(mask.sum()))
     scale = (target.std / own.std.clamp(min=MIN_STD)).clamp(1.0 / MAX_SCALE, MAX_SCALE)
     matched = ((x - own.mean[:, None]) * scale[:, None] + target.mean[:, None]).clamp(min=LOG_FLOOR)
     return ((1.0 - strength) * x + strength * matched).to(mel.dtype)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +102,21 @@ def tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+def write_atomically(path: Path, fill: Callable[[Path], None]) -> None:
+    """``fill(tmp)`` writes the temporary sibling; then fsync it, rename it over ``path`` and fsync the
+    directory. On any failure the temporary file is removed and ``path`` is untouched."""
+    tmp = tmp_path(path)
+    try:
+        fill(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
 def write_component(
     path: Path, tensors: Mapping[str, torch.Tensor | StoredTensor], policy: QuantPolicy
 ) -> None:
@@ -119,22 +134,18 @@ def write_component(
     if not isinstance(policy, QuantPolicy):
         raise ConfigError(f"policy must be a QuantPolicy, got {type(policy).__name__}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_path(path)
-    plain = tmp.with_name(f"{tmp.name}.plain")
-    try:
-        with pq.ParquetWriter(plain, SCHEMA, **WRITER_SETTINGS) as writer:
-            for name, tensor in tensors.items():
-                writer.write_table(_row(path, name, tensor, policy))  # one row group per tensor
-        _write_indexed(path, plain, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    finally:
-        plain.unlink(missing_ok=True)
-    fsync_dir(path.parent)
+
+    def fill(tmp: Path) -> None:
+        plain = tmp.with_name(f"{tmp.name}.plain")
+        try:
+            with pq.ParquetWriter(plain, SCHEMA, **WRITER_SETTINGS) as writer:
+                for name, tensor in tensors.items():
+                    writer.write_table(_row(path, name, tensor, policy))  # one row group per tensor
+            _write_indexed(path, plain, tmp)
+        finally:
+            plain.unlink(missing_ok=True)
+
+    write_atomically(path, fill)
 
 
 def _write_indexed(path: Path, plain: Path, out: Path) -> None:

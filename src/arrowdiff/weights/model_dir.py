@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from collections.abc import Mapping
@@ -18,9 +17,8 @@ from arrowdiff.weights.parquet import (
     FORMAT_VERSION,
     SUPPORTED_FORMAT_VERSIONS,
     StoredTensor,
-    fsync_dir,
     read_component,
-    tmp_path,
+    write_atomically,
     write_component,
 )
 from arrowdiff.weights.policy import QuantPolicy
@@ -48,17 +46,7 @@ def _write_json_atomic(path: Path, obj: dict[str, Any]) -> None:
         raise ConfigError(
             f"{path}: metadata is not JSON-serialisable ({e}); pass plain dicts/lists/str/numbers"
         ) from e
-    tmp = tmp_path(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    write_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def whole_source_file(tensors: Mapping[str, Any]) -> Path | None:
@@ -75,16 +63,7 @@ def whole_source_file(tensors: Mapping[str, Any]) -> Path | None:
 
 def copy_component(source: Path, path: Path) -> None:
     """Copy a component file byte for byte (it keeps its own format version), atomically."""
-    tmp = tmp_path(path)
-    try:
-        shutil.copyfile(source, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    write_atomically(path, lambda tmp: shutil.copyfile(source, tmp))
 
 
 def save_model_dir(

@@ -19,7 +19,7 @@ This module is the public entry point; the implementation lives beside it, one c
 from __future__ import annotations
 
 from arrowdiff.weights.component_reader import read_component
-from arrowdiff.weights.component_writer import fsync_dir, tmp_path, write_component
+from arrowdiff.weights.component_writer import fsync_dir, tmp_path, write_atomically, write_component
 from arrowdiff.weights.schema import (
     BLOB_COLUMNS,
     DTYPES,
@@ -55,5 +55,6 @@ __all__ = [
     "read_component",
     "read_index",
     "tmp_path",
+    "write_atomically",
     "write_component",
 ]
